@@ -1,0 +1,1 @@
+"""The `lwm` command line: thin typer wrappers over `lwm_core`."""

@@ -1,0 +1,31 @@
+"""Entry point of the `lwm` command: registers one thin module per subcommand."""
+
+from __future__ import annotations
+
+import typer
+
+from lwm_cli import pending
+
+app = typer.Typer(
+    name="lwm",
+    help="Large World Model toolkit: long-context text and video models in JAX.\n\n"
+         "Example: lwm info --checkpoint params::lwm-7b.msgpack --config 7b-1m",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("train")(pending.train)
+app.command("extend-context")(pending.extend_context)
+app.command("tokenize-video")(pending.tokenize_video)
+app.command("ask")(pending.ask)
+app.command("generate")(pending.generate)
+app.command("needle")(pending.needle)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Subcommands of the mission that later issues fill in. Each says so in one line and exits 2."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from lwm_cli.common import not_yet
+
+
+def train(stage: int = typer.Option(1, "--stage", help="1: text stage, 2: vision-language stage.")):
+    """Train a model (text stage 1 or vision-language stage 2) with masked sequence packing.
+
+    Example: lwm train --stage 1
+    """
+    not_yet("train", "the training issue")
+
+
+def extend_context(checkpoint: Optional[str] = typer.Argument(None)):
+    """Continue a checkpoint at a longer context with a larger RoPE theta.
+
+    Example: lwm extend-context params::ckpt.msgpack --ctx 128K
+    """
+    not_yet("extend-context", "the training issue")
+
+
+def ask(video: Optional[str] = typer.Argument(None), question: Optional[str] = typer.Argument(None)):
+    """Answer a question about a video or image.
+
+    Example: lwm ask clip.mp4 "What happens in this video?"
+    """
+    not_yet("ask", "the video question-answering issue")
+
+
+def generate(prompt: Optional[List[str]] = typer.Argument(None)):
+    """Generate an image or video from a text prompt through VQGAN tokens.
+
+    Example: lwm generate "a cat on a sofa" --out cat.png
+    """
+    not_yet("generate", "the generation issue")
+
+
+def needle(ctx: Optional[str] = typer.Option(None, "--ctx", help="Largest context length, e.g. 1M.")):
+    """Needle-in-a-haystack retrieval over a context-length x depth grid.
+
+    Example: lwm needle --ctx 1M
+    """
+    not_yet("needle", "the needle evaluation issue")
+
+
+def tokenize_video(inputs: Optional[List[str]] = typer.Argument(None)):
+    """Turn videos and images into VQGAN codes, and codes back into frames.
+
+    Example: lwm tokenize-video clips/ --out tokens/ --vqgan vqgan.pkl
+    """
+    not_yet("tokenize-video", "the VQGAN issue")

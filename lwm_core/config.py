@@ -1,0 +1,161 @@
+"""Model configuration: one frozen dataclass with LWM's field names and LWM's presets.
+
+Field names follow LWM's `LLaMAConfig` / `VideoLLaMAConfig` where they exist (`vocab_size`,
+`hidden_size`, `scan_query_chunk_size`, ...); LWM's `theta` is called `rope_theta` here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from lwm_core.errors import LWMError
+
+# name -> (hidden_size, intermediate_size, num_hidden_layers, num_attention_heads), from LWM.
+_PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "debug": (256, 256, 2, 2),
+    "200m": (1024, 2048, 14, 8),
+    "1b": (2048, 5504, 22, 16),
+    "3b": (3200, 8640, 26, 32),
+    "7b": (4096, 11008, 32, 32),
+    "13b": (5120, 13824, 40, 40),
+}
+
+# Published checkpoints: context name -> (rope_theta, max_sequence_length). '32k' is the first text
+# stage of the training recipe; the others are the released LWM-Text models. Vision-language models
+# use theta 5e7 at every context length.
+CONTEXTS: dict[str, tuple[float, int]] = {
+    "32k": (1e6, 32768),
+    "128k": (1e7, 131072),
+    "256k": (1e7, 262144),
+    "512k": (2.5e7, 524288),
+    "1m": (5e7, 1048576),
+}
+VISION_ROPE_THETA = 5e7
+
+ATTENTION_IMPLS = ("plain", "blockwise", "ring")
+SEQUENCE_LAYOUTS = ("contiguous", "striped", "zigzag")
+REMAT_POLICIES = ("", "nothing_saveable", "dots_saveable", "checkpoint_dots")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and execution choices of an LWM (LLaMA-2 style) model.
+
+    Example: `ModelConfig.from_name("7b", context="1m")`, `ModelConfig.from_name("debug", vision=True)`.
+    """
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    max_sequence_length: int = 2048
+    rms_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+    rope_theta: float = 10000.0
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    # Vision-language model (LWM's VideoLLaMA): adds `vte` and `vision_head` of vision_vocab_size.
+    vision: bool = False
+    vision_vocab_size: int = 8448
+    # Numerics: `dtype` is the compute dtype, `param_dtype` the storage dtype of the weights.
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    # Execution: attention implementation and LWM's chunk sizes, sequence layout for ring attention.
+    attention_impl: str = "plain"
+    scan_query_chunk_size: int = 512
+    scan_key_chunk_size: int = 512
+    scan_mlp_chunk_size: int = 0  # 0: the MLP runs on the whole sequence at once.
+    sequence_layout: str = "contiguous"
+    # Rematerialisation of each decoder layer in the backward pass ("" = none).
+    remat_block: str = ""
+
+    def __post_init__(self):
+        positive = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                    "num_attention_heads", "max_sequence_length", "scan_query_chunk_size",
+                    "scan_key_chunk_size")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise LWMError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.hidden_size % self.num_attention_heads:
+            raise LWMError(f"hidden_size {self.hidden_size} must divide by num_attention_heads "
+                           f"{self.num_attention_heads}")
+        if self.head_dim % 2:
+            raise LWMError(f"head dim {self.head_dim} must be even for rotary embeddings")
+        if self.scan_mlp_chunk_size < 0:
+            raise LWMError("scan_mlp_chunk_size must be >= 0 (0 turns MLP chunking off)")
+        if self.vision and self.vision_vocab_size <= 8193:
+            raise LWMError(f"vision_vocab_size {self.vision_vocab_size} must exceed 8193 "
+                           "(8192 codes plus <eof>/<eov>)")
+        for name, allowed in (("attention_impl", ATTENTION_IMPLS), ("sequence_layout", SEQUENCE_LAYOUTS),
+                              ("remat_block", REMAT_POLICIES), ("dtype", DTYPES),
+                              ("param_dtype", DTYPES)):
+            if getattr(self, name) not in allowed:
+                raise LWMError(f"ModelConfig.{name}={getattr(self, name)!r} is not one of {allowed}")
+        if self.rope_theta <= 0 or self.rms_norm_eps <= 0:
+            raise LWMError("rope_theta and rms_norm_eps must be positive")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_name(cls, name: str, *, context: str | None = None, vision: bool = False,
+                  **overrides: Any) -> ModelConfig:
+        """A preset by name ('debug', '200m', '1b', '3b', '7b', '13b'), optionally at a published
+        context ('32k', '128k', '256k', '512k', '1m') and with the vision embeddings and head.
+
+        A name may carry the context too: '7b-1m' is `from_name('7b', context='1m')`.
+        """
+        base, _, suffix = name.lower().partition("-")
+        if suffix and context is None:
+            context = suffix
+        if base not in _PRESETS:
+            raise LWMError(f"unknown model preset {name!r}; choose from {', '.join(_PRESETS)} "
+                           f"(optionally with a context: {', '.join(CONTEXTS)}, e.g. '7b-1m')")
+        hidden, inter, layers, heads = _PRESETS[base]
+        fields: dict[str, Any] = dict(hidden_size=hidden, intermediate_size=inter,
+                                      num_hidden_layers=layers, num_attention_heads=heads, vision=vision)
+        if context is not None:
+            key = context.lower()
+            if key not in CONTEXTS:
+                raise LWMError(f"unknown context {context!r}; choose from {', '.join(CONTEXTS)}")
+            theta, length = CONTEXTS[key]
+            fields.update(rope_theta=theta, max_sequence_length=length)
+        if vision:
+            fields["rope_theta"] = VISION_ROPE_THETA
+        fields.update(overrides)
+        return cls(**fields)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LWMError(f"unknown ModelConfig fields {unknown}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        return cls.from_dict(json.loads(text))
+
+    def num_params(self) -> int:
+        """Parameter count implied by the config (no memory is touched)."""
+        d, f, n_layers, v = self.hidden_size, self.intermediate_size, self.num_hidden_layers, self.vocab_size
+        per_layer = 4 * d * d + 3 * d * f + 2 * d
+        total = 2 * v * d + n_layers * per_layer + d
+        if self.vision:
+            total += 2 * self.vision_vocab_size * d
+        return total

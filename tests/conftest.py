@@ -1,0 +1,6 @@
+"""Every test runs on the CPU with 8 simulated devices; this must happen before JAX initialises."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
