@@ -9,7 +9,7 @@ from __future__ import annotations
 from lwm_core.attention.plain import allowed_pairs, plain_attention
 from lwm_core.errors import LWMError
 
-__all__ = ["dot_product_attention", "decode_attention", "plain_attention", "allowed_pairs"]
+__all__ = ["dot_product_attention", "decode_attention", "update_cache", "plain_attention", "allowed_pairs"]
 
 
 def dot_product_attention(q, k, v, *, causal: bool = True, segment_ids=None, mask=None,
@@ -29,3 +29,10 @@ def decode_attention(q, k_cache, v_cache, mask, *, mesh=None):
     """Attention of new queries [B, T, H, D] over a KV cache [B, S, H, D] with an explicit
     [B, T, S] mask (cache slots that hold real tokens at or before each query's position)."""
     return plain_attention(q, k_cache, v_cache, causal=False, mask=mask)
+
+
+def update_cache(cache, new, index, *, mesh=None):
+    """Write `new` [B, T, H, D] into `cache` [B, S, H, D] at slots [index, index + T)."""
+    import jax
+
+    return jax.lax.dynamic_update_slice_in_dim(cache, new.astype(cache.dtype), index, axis=1)
