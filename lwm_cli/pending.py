@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
 
 import typer
 
@@ -17,7 +16,7 @@ def train(stage: int = typer.Option(1, "--stage", help="1: text stage, 2: vision
     not_yet("train", "the training issue")
 
 
-def extend_context(checkpoint: Optional[str] = typer.Argument(None)):
+def extend_context(checkpoint: str | None = typer.Argument(None)):
     """Continue a checkpoint at a longer context with a larger RoPE theta.
 
     Example: lwm extend-context params::ckpt.msgpack --ctx 128K
@@ -25,7 +24,7 @@ def extend_context(checkpoint: Optional[str] = typer.Argument(None)):
     not_yet("extend-context", "the training issue")
 
 
-def ask(video: Optional[str] = typer.Argument(None), question: Optional[str] = typer.Argument(None)):
+def ask(video: str | None = typer.Argument(None), question: str | None = typer.Argument(None)):
     """Answer a question about a video or image.
 
     Example: lwm ask clip.mp4 "What happens in this video?"
@@ -33,7 +32,7 @@ def ask(video: Optional[str] = typer.Argument(None), question: Optional[str] = t
     not_yet("ask", "the video question-answering issue")
 
 
-def generate(prompt: Optional[List[str]] = typer.Argument(None)):
+def generate(prompt: list[str] | None = typer.Argument(None)):
     """Generate an image or video from a text prompt through VQGAN tokens.
 
     Example: lwm generate "a cat on a sofa" --out cat.png
@@ -41,7 +40,7 @@ def generate(prompt: Optional[List[str]] = typer.Argument(None)):
     not_yet("generate", "the generation issue")
 
 
-def needle(ctx: Optional[str] = typer.Option(None, "--ctx", help="Largest context length, e.g. 1M.")):
+def needle(ctx: str | None = typer.Option(None, "--ctx", help="Largest context length, e.g. 1M.")):
     """Needle-in-a-haystack retrieval over a context-length x depth grid.
 
     Example: lwm needle --ctx 1M
@@ -49,7 +48,7 @@ def needle(ctx: Optional[str] = typer.Option(None, "--ctx", help="Largest contex
     not_yet("needle", "the needle evaluation issue")
 
 
-def tokenize_video(inputs: Optional[List[str]] = typer.Argument(None)):
+def tokenize_video(inputs: list[str] | None = typer.Argument(None)):
     """Turn videos and images into VQGAN codes, and codes back into frames.
 
     Example: lwm tokenize-video clips/ --out tokens/ --vqgan vqgan.pkl
