@@ -1,0 +1,216 @@
+"""Checkpoint I/O: one module per format behind `load_params` / `save_params`.
+
+Spec strings (LWM's own plus ours):
+    params::PATH             LWM streaming msgpack (`lwm_streaming`); a bare `*.msgpack` path too
+    trainstate_params::PATH  the same inside a train state: keys under ('params', 'params')
+    hf::DIR                  Hugging Face LLaMA folder (`hf`); a bare folder with config.json too
+    orbax::DIR               our orbax checkpoint (`orbax_io`); a bare folder with lwm_config.json too
+
+Every format is read into the canonical parameters: a flat `dict[str, np.ndarray]` with LWM's key
+names ('/'-joined, no outer 'params'), scanned layout (layers stacked on axis 0), kernels [in, out],
+wq/wk in LWM's interleaved RoPE order. See `keys.expected_shapes` for every shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lwm_core.checkpoint.common import ProgressFn, check_dtype
+from lwm_core.checkpoint.keys import (
+    ArrayInfo, canonical_keys, check_config, check_shapes, dtype_summary, expected_shapes, is_vision,
+    stack_infos, to_scanned, validate_keys,
+)
+from lwm_core.config import ModelConfig
+from lwm_core.errors import LWMError
+
+__all__ = ["ArrayInfo", "Checkpoint", "CheckpointSpec", "ProgressFn", "canonical_keys", "check_shapes",
+           "describe_params", "expected_shapes", "load_params", "parse_spec", "save_params"]
+
+FORMATS = ("lwm", "hf", "orbax")
+TRAINSTATE_PREFIX = ("params", "params")
+_PREFIXES = {"params": ("lwm", ()), "trainstate_params": ("lwm", TRAINSTATE_PREFIX),
+             "hf": ("hf", ()), "orbax": ("orbax", ())}
+# Fields that decide parameter shapes: a config passed by the caller must agree with the source's.
+_ARCH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "vision")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSpec:
+    """A parsed spec string: which format, where, and the key prefix inside an LWM streaming file."""
+
+    format: str
+    path: Path
+    prefix: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """Parameters read from a checkpoint, and what was found about them.
+
+    params: canonical flat dict (see the module docstring); `describe_params` gives `ArrayInfo`s.
+    config: the source's ModelConfig (or the caller's), None when neither carries one.
+    format: 'lwm' | 'hf' | 'orbax'. layout: 'scanned' | 'unscanned', as stored. dtype: as stored.
+    """
+
+    params: dict[str, np.ndarray]
+    config: ModelConfig | None
+    format: str
+    layout: str
+    dtype: str
+
+    @property
+    def num_params(self) -> int:
+        return sum(int(np.prod(v.shape, dtype=np.int64)) for v in self.params.values())
+
+    @property
+    def vision(self) -> bool:
+        return is_vision(self.params)
+
+
+def parse_spec(spec: str | os.PathLike, *, for_writing: bool = False) -> CheckpointSpec:
+    """Parse a spec string; a bare path's format is inferred (reading: from what is there)."""
+    text = os.fspath(spec)
+    if "::" in text:
+        prefix, _, rest = text.partition("::")
+        if prefix not in _PREFIXES:
+            raise LWMError(f"unknown checkpoint prefix {prefix}::; use one of "
+                           f"{', '.join(p + '::' for p in _PREFIXES)}")
+        if not rest:
+            raise LWMError(f"checkpoint spec {text!r} has no path after {prefix}::")
+        fmt, key_prefix = _PREFIXES[prefix]
+        return CheckpointSpec(fmt, Path(rest).expanduser(), key_prefix)
+    path = Path(text).expanduser()
+    if for_writing:
+        if path.suffix == ".msgpack":
+            return CheckpointSpec("lwm", path)
+        raise LWMError(f"cannot tell which format to write {path}: prefix it, e.g. params::{path} "
+                       f"(LWM streaming), hf::{path} or orbax::{path}")
+    if not path.exists():
+        raise LWMError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        if (path / "lwm_config.json").is_file():
+            return CheckpointSpec("orbax", path)
+        if (path / "config.json").is_file():
+            return CheckpointSpec("hf", path)
+        raise LWMError(f"{path} is a folder with neither lwm_config.json (orbax::) nor config.json (hf::)")
+    if path.suffix == ".msgpack":
+        return CheckpointSpec("lwm", path)
+    raise LWMError(f"cannot tell the format of {path}: prefix it, e.g. params::{path} for LWM streaming")
+
+
+def _merge_configs(given: ModelConfig | None, found: ModelConfig | None, source: str) -> ModelConfig | None:
+    """The caller's config wins (it carries execution choices), but it must describe the same shapes."""
+    if given is None or found is None:
+        return given or found
+    for name in _ARCH_FIELDS:
+        if getattr(given, name) != getattr(found, name):
+            raise LWMError(f"the given config has {name}={getattr(given, name)} but {source} says "
+                           f"{getattr(found, name)}")
+    return given
+
+
+def _read(spec: str | os.PathLike, config: ModelConfig | None, dtype: str | None, shapes_only: bool,
+          progress: ProgressFn | None) -> Checkpoint:
+    check_dtype(dtype)
+    parsed = parse_spec(spec)
+    source = str(parsed.path)
+    found: ModelConfig | None = None
+    if parsed.format == "lwm":
+        from lwm_core.checkpoint.lwm_streaming import read_streaming
+
+        flat = read_streaming(parsed.path, prefix=parsed.prefix, dtype=dtype, shapes_only=shapes_only,
+                              progress=progress)
+        stored = dtype_summary([v.dtype if shapes_only else v.dtype.name for v in flat.values()])
+        params, layout = to_scanned(flat, source, stack=stack_infos if shapes_only else np.stack)
+    elif parsed.format == "hf":
+        from lwm_core.checkpoint.hf import read_hf
+
+        params, found, stored = read_hf(parsed.path, dtype=dtype, shapes_only=shapes_only, progress=progress)
+        layout = "unscanned"  # HF stores one tensor per layer
+    else:
+        from lwm_core.checkpoint.orbax_io import read_orbax
+
+        params, found, stored = read_orbax(parsed.path, dtype=dtype, shapes_only=shapes_only,
+                                           progress=progress)
+        layout = "scanned"
+    validate_keys(params, source)
+    config = _merge_configs(config, found, source)
+    if config is not None:
+        check_config(params, config, source)
+    return Checkpoint(params, config, parsed.format, layout, stored)
+
+
+def load_params(spec: str | os.PathLike, *, config: ModelConfig | None = None, dtype: str | None = None,
+                progress: ProgressFn | None = None) -> Checkpoint:
+    """Read a checkpoint of any format into canonical parameters.
+
+    Args:
+      spec: see the module docstring, e.g. 'params::/ckpt/lwm-7b', 'hf::/models/LWM-Text-1M'.
+      config: used when the source carries none; when it does, shapes must agree (the given one wins).
+      dtype: 'float32' | 'bfloat16' | 'float16' to cast floating arrays while reading; None keeps them.
+      progress: optional `progress(done_bytes, total_bytes, item)` callback; quiet by default.
+    Returns:
+      Checkpoint with params {key: array} in scanned layout, e.g. wq [L, D, D], wte [V, D].
+    Raises:
+      LWMError (one line) for a missing path, truncated/corrupt file, missing/unexpected keys, or
+      shapes that disagree with `config`.
+    """
+    return _read(spec, config, dtype, False, progress)
+
+
+def describe_params(spec: str | os.PathLike, *, config: ModelConfig | None = None,
+                    progress: ProgressFn | None = None) -> Checkpoint:
+    """Like `load_params` but `params` holds `ArrayInfo(shape, dtype)` and no array data is kept.
+
+    HF and orbax read only metadata; an LWM streaming file is scanned once, skipping array data.
+    """
+    return _read(spec, config, None, True, progress)
+
+
+def save_params(params: dict[str, np.ndarray], dst: str | os.PathLike, *, config: ModelConfig | None = None,
+                format: str | None = None, dtype: str | None = None, layout: str = "scanned",
+                overwrite: bool = True, progress: ProgressFn | None = None) -> None:
+    """Write canonical `params` to `dst`, atomically (temporary name beside dst, then a rename).
+
+    Args:
+      params: canonical flat dict (scanned layout), e.g. from `load_params(...).params`.
+      dst: spec string; `format` ('lwm' | 'hf' | 'orbax'), when given, overrides its prefix.
+      config: required for 'hf' and 'orbax' (they store it); checked against the shapes when given.
+      dtype: cast floating arrays while writing; None keeps them.
+      layout: 'scanned' or 'unscanned' (LWM streaming only; HF is per layer, orbax always scanned).
+      overwrite: replace an existing dst; False raises LWMError instead.
+    """
+    check_dtype(dtype)
+    if format is not None and "::" not in os.fspath(dst):
+        parsed = CheckpointSpec(format, Path(dst).expanduser())
+    else:
+        parsed = parse_spec(dst, for_writing=True)
+    fmt = format or parsed.format
+    if fmt not in FORMATS:
+        raise LWMError(f"unknown checkpoint format {fmt!r}; choose from {', '.join(FORMATS)}")
+    validate_keys(params, f"to be saved as {parsed.path}")
+    if config is not None:
+        check_config(params, config, f"to be saved as {parsed.path}")
+    if fmt != "lwm" and layout != "scanned":
+        raise LWMError(f"layout {layout!r} applies to LWM streaming params:: files only, not {fmt}")
+    if fmt != "lwm" and config is None:
+        raise LWMError(f"writing {fmt}::{parsed.path} needs a model config (the source carries none): "
+                       "pass --config with a preset such as 7b-1m or a ModelConfig JSON file")
+    if fmt == "lwm":
+        from lwm_core.checkpoint.lwm_streaming import write_streaming
+
+        write_streaming(params, parsed.path, prefix=parsed.prefix, layout=layout, dtype=dtype,
+                        overwrite=overwrite, progress=progress)
+    elif fmt == "hf":
+        from lwm_core.checkpoint.hf import write_hf
+
+        write_hf(params, parsed.path, config, dtype=dtype, overwrite=overwrite, progress=progress)
+    else:
+        from lwm_core.checkpoint.orbax_io import write_orbax
+
+        write_orbax(params, parsed.path, config, dtype=dtype, overwrite=overwrite, progress=progress)

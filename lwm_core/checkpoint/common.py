@@ -1,0 +1,86 @@
+"""What every checkpoint format shares: dtype names, casting, progress callbacks, atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from lwm_core.errors import LWMError
+
+# progress(done, total, what): `done`/`total` are bytes (total 0 when unknown), `what` the current item.
+ProgressFn = Callable[[int, int, str], None]
+
+_EXTRA_DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16)}
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def np_dtype(name: str) -> np.dtype:
+    """numpy dtype from a name as Flax/safetensors write it ('float32', 'bfloat16', ...)."""
+    if name in _EXTRA_DTYPES:
+        return _EXTRA_DTYPES[name]
+    try:
+        return np.dtype(name)
+    except TypeError as exc:
+        raise LWMError(f"unknown array dtype {name!r} in checkpoint") from exc
+
+
+def check_dtype(dtype: str | None) -> None:
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise LWMError(f"dtype must be one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
+
+
+def cast(array: np.ndarray, dtype: str | None) -> np.ndarray:
+    """`array` in floating dtype `dtype` (None keeps it); integer arrays are never cast."""
+    is_float = array.dtype.kind == "f" or array.dtype == _EXTRA_DTYPES["bfloat16"]
+    if dtype is None or array.dtype.name == dtype or not is_float:
+        return array
+    return array.astype(np_dtype(dtype))
+
+
+def little_endian(array: np.ndarray) -> np.ndarray:
+    """C-contiguous little-endian `array` (a copy only when needed): how every format stores data."""
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(array)
+
+
+def _temp_sibling(dst: Path) -> Path:
+    # Same folder as dst so that the final rename is atomic (never across file systems).
+    return dst.parent / f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def atomic_path(dst: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary path beside `dst`; on success rename it onto `dst`, on failure remove it.
+
+    Works for files and folders. A reader never sees a half-written `dst`: either the old one (until
+    the rename) or the complete new one.
+    """
+    dst = Path(dst)
+    if not dst.parent.is_dir():
+        raise LWMError(f"cannot write {dst}: folder {dst.parent} does not exist")
+    if dst.exists() and not overwrite:
+        raise LWMError(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
+    tmp = _temp_sibling(dst)
+    try:
+        yield tmp
+        if dst.is_dir() and not dst.is_symlink():
+            # os.replace cannot replace a non-empty folder: move the old one aside first.
+            old = _temp_sibling(dst)
+            os.replace(dst, old)
+            os.replace(tmp, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dst)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,104 @@
+"""Our own checkpoints (`orbax::DIR`): `lwm_config.json` + the canonical params saved with orbax.
+
+Layout of the folder:
+    DIR/lwm_config.json   ModelConfig.to_json()
+    DIR/params/           orbax PyTree checkpoint of the nested canonical dict (scanned layout)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lwm_core.checkpoint.common import ProgressFn, atomic_path, cast, np_dtype
+from lwm_core.checkpoint.keys import ArrayInfo, dtype_summary
+from lwm_core.config import ModelConfig
+from lwm_core.errors import LWMError
+
+CONFIG_FILE = "lwm_config.json"
+PARAMS_DIR = "params"
+
+
+def _nest(flat: dict[str, object]) -> dict:
+    tree: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split("/")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for name, value in tree.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, key + "/"))
+        else:
+            flat[key] = value
+    return flat
+
+
+def write_orbax(params: dict[str, np.ndarray], path: str | os.PathLike, config: ModelConfig, *,
+                dtype: str | None = None, overwrite: bool = True, progress: ProgressFn | None = None) -> None:
+    """Write canonical `params` and `config` to the folder `path`, atomically."""
+    import orbax.checkpoint as ocp
+
+    total = sum(v.nbytes for v in params.values())
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.mkdir()
+        (tmp / CONFIG_FILE).write_text(config.to_json() + "\n")
+        tree = _nest({k: cast(v, dtype) for k, v in params.items()})
+        with ocp.PyTreeCheckpointer() as checkpointer:  # synchronous: done when save returns
+            checkpointer.save((tmp / PARAMS_DIR).absolute(), tree)
+        if progress:
+            progress(total, total, "params")
+
+
+def read_orbax_config(folder: Path) -> ModelConfig:
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise LWMError(f"{folder} has no {CONFIG_FILE}; it is not an lwm orbax checkpoint")
+    try:
+        return ModelConfig.from_json(path.read_text())
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        raise LWMError(f"{path} is not a valid ModelConfig JSON ({exc})") from None
+
+
+def read_orbax(path: str | os.PathLike, *, dtype: str | None = None, shapes_only: bool = False,
+               progress: ProgressFn | None = None) -> tuple[dict[str, object], ModelConfig, str]:
+    """(canonical params as numpy arrays or ArrayInfo, config, stored dtype) of an orbax folder."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise LWMError(f"checkpoint {folder} does not exist" if not folder.exists()
+                       else f"checkpoint {folder} is not a folder (orbax:: needs a checkpoint folder)")
+    config = read_orbax_config(folder)
+    params_dir = (folder / PARAMS_DIR).absolute()
+    if not params_dir.is_dir():
+        raise LWMError(f"{folder} has no {PARAMS_DIR}/ folder; the checkpoint is incomplete")
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        try:
+            metadata = checkpointer.metadata(params_dir).item_metadata.tree
+            infos = {k: ArrayInfo(tuple(m.shape), np.dtype(m.dtype).name)
+                     for k, m in _flatten(metadata).items()}
+            if shapes_only:
+                params: dict[str, object] = {k: ArrayInfo(i.shape, dtype or i.dtype) for k, i in infos.items()}
+            else:
+                # Ask for numpy arrays: the canonical dict is host memory, placement is the model's job.
+                restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+                tree = checkpointer.restore(params_dir, restore_args=restore_args)
+                params = {k: cast(np.asarray(v), dtype) for k, v in _flatten(tree).items()}
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            raise LWMError(f"{params_dir} cannot be restored by orbax ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}); it is incomplete or corrupt") from None
+    if progress:
+        total = sum(i.size * np_dtype(i.dtype).itemsize for i in infos.values())
+        progress(total, total, "params")
+    return params, config, dtype_summary([i.dtype for i in infos.values()])
