@@ -48,7 +48,8 @@ def little_endian(array: np.ndarray) -> np.ndarray:
     """C-contiguous little-endian `array` (a copy only when needed): how every format stores data."""
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(array)
+    # Not np.ascontiguousarray: it turns a 0-d array into shape (1,).
+    return array if array.flags.c_contiguous else array.copy(order="C")
 
 
 def _temp_sibling(dst: Path) -> Path:

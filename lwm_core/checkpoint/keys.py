@@ -85,8 +85,9 @@ def validate_keys(params: Mapping[str, Any], source: str) -> None:
     missing = sorted(want - set(params))
     unexpected = sorted(set(params) - want)
     if missing:
-        raise LWMError(f"checkpoint {source} lacks parameters {_first(missing)}; it is not a complete LWM "
-                       "language model")
+        extra = f" and has unexpected {_first(unexpected, 2)}" if unexpected else ""
+        raise LWMError(f"checkpoint {source} lacks parameters {_first(missing)}{extra}; it is not a complete "
+                       "LWM language model (a train state needs trainstate_params::)")
     if unexpected:
         raise LWMError(f"checkpoint {source} has unexpected parameters {_first(unexpected)}; "
                        "is it a train state (use trainstate_params::) or another model?")

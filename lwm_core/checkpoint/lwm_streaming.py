@@ -89,7 +89,9 @@ def write_streaming(params: dict[str, np.ndarray], path: str | os.PathLike, *,
     done = 0
     with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
         for key, value in iter_layout(params, layout):
-            done += write_record(f, (*prefix, *key.split("/")), cast(value, dtype))
+            value = cast(value, dtype)
+            write_record(f, (*prefix, *key.split("/")), value)
+            done += value.nbytes  # data bytes, like `total`; record headers are not counted
             if progress:
                 progress(done, total, key)
 
