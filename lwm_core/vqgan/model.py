@@ -1,0 +1,169 @@
+"""LWM's VQGAN in Flax NNX: encoder, vector quantizer and decoder (images NHWC, kernels HWIO).
+
+Shapes at full size: frames [N, 256, 256, 3] -> latents [N, 16, 16, 64] -> codes [N, 16, 16] ->
+frames [N, 256, 256, 3]. Attribute names are readable (`conv_in`, `down`, `norm1`); `params_lwm.py`
+maps them onto LWM's Flax auto-names (`Conv_0`, `DownsamplingBlock_0`, `GroupNorm_0`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lwm_core.vqgan.config import VQGANConfig
+
+
+def _group_norm(channels: int, config: VQGANConfig, rngs: nnx.Rngs) -> nnx.GroupNorm:
+    # eps 1e-6 as LWM and diffusers; the two-pass variance keeps parity with torch at 1e-4.
+    return nnx.GroupNorm(channels, num_groups=config.norm_num_groups, epsilon=1e-6,
+                         use_fast_variance=False, rngs=rngs)
+
+
+def _conv(c_in: int, c_out: int, size: int, rngs: nnx.Rngs, **kwargs) -> nnx.Conv:
+    return nnx.Conv(c_in, c_out, (size, size), rngs=rngs, **kwargs)
+
+
+class ResnetBlock(nnx.Module):
+    """GN -> SiLU -> conv3x3 -> GN -> SiLU -> conv3x3, plus a 1x1 conv shortcut when widths differ."""
+
+    def __init__(self, c_in: int, c_out: int, config: VQGANConfig, *, rngs: nnx.Rngs):
+        self.norm1 = _group_norm(c_in, config, rngs)
+        self.conv1 = _conv(c_in, c_out, 3, rngs)
+        self.norm2 = _group_norm(c_out, config, rngs)
+        self.conv2 = _conv(c_out, c_out, 3, rngs)
+        self.shortcut = _conv(c_in, c_out, 1, rngs) if c_in != c_out else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, c_in] -> [N, H, W, c_out]
+        h = self.conv1(nnx.silu(self.norm1(x)))
+        h = self.conv2(nnx.silu(self.norm2(h)))
+        residual = self.shortcut(x) if self.shortcut is not None else x
+        return residual + h
+
+
+class DownLevel(nnx.Module):
+    """One encoder level: ResNet blocks, then (all levels but the deepest) a stride-2 conv."""
+
+    def __init__(self, c_in: int, c_out: int, downsample: bool, config: VQGANConfig, *, rngs: nnx.Rngs):
+        widths = [c_in] + [c_out] * config.num_res_blocks
+        self.resnets = nnx.List([ResnetBlock(a, b, config, rngs=rngs) for a, b in zip(widths, widths[1:])])
+        # LWM pads right/bottom by one, then a VALID 3x3 stride-2 conv (diffusers: padding=0 + F.pad).
+        self.downsample = (_conv(c_out, c_out, 3, rngs, strides=2, padding=((0, 1), (0, 1)))
+                           if downsample else None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, c_in] -> [N, H/2, W/2, c_out]
+        for block in self.resnets:
+            x = block(x)
+        return self.downsample(x) if self.downsample is not None else x
+
+
+class UpLevel(nnx.Module):
+    """One decoder level: num_res_blocks + 1 ResNet blocks, then (all but the shallowest level)
+    nearest-neighbour x2 upsampling and a 3x3 conv."""
+
+    def __init__(self, c_in: int, c_out: int, upsample: bool, config: VQGANConfig, *, rngs: nnx.Rngs):
+        widths = [c_in] + [c_out] * (config.num_res_blocks + 1)
+        self.resnets = nnx.List([ResnetBlock(a, b, config, rngs=rngs) for a, b in zip(widths, widths[1:])])
+        self.upsample = _conv(c_out, c_out, 3, rngs) if upsample else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, c_in] -> [N, 2H, 2W, c_out]
+        for block in self.resnets:
+            x = block(x)
+        if self.upsample is None:
+            return x
+        n, h, w, c = x.shape
+        x = jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, 2, w, 2, c)).reshape(n, 2 * h, 2 * w, c)
+        return self.upsample(x)
+
+
+class Encoder(nnx.Module):
+    def __init__(self, config: VQGANConfig, *, rngs: nnx.Rngs):
+        widths = config.level_channels
+        self.conv_in = _conv(config.num_channels, widths[0], 3, rngs)
+        ins = (widths[0],) + widths[:-1]
+        last = config.num_resolutions - 1
+        self.down = nnx.List([DownLevel(a, b, i != last, config, rngs=rngs)
+                              for i, (a, b) in enumerate(zip(ins, widths))])
+        self.mid = nnx.List([ResnetBlock(widths[-1], widths[-1], config, rngs=rngs) for _ in range(2)])
+        self.norm_out = _group_norm(widths[-1], config, rngs)
+        self.conv_out = _conv(widths[-1], config.z_channels, 3, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, 3] -> [N, H/f, W/f, z_channels]
+        x = self.conv_in(x)
+        for level in self.down:
+            x = level(x)
+        for block in self.mid:
+            x = block(x)
+        return self.conv_out(nnx.silu(self.norm_out(x)))
+
+
+class Decoder(nnx.Module):
+    """`up[0]` is the deepest, widest level (LWM's `UpsamplingBlock_0`); levels run in list order."""
+
+    def __init__(self, config: VQGANConfig, *, rngs: nnx.Rngs):
+        widths = config.level_channels[::-1]  # deepest first: (768, 512, 256, 256, 128)
+        self.conv_in = _conv(config.z_channels, widths[0], 3, rngs)
+        self.mid = nnx.List([ResnetBlock(widths[0], widths[0], config, rngs=rngs) for _ in range(2)])
+        ins = (widths[0],) + widths[:-1]
+        last = config.num_resolutions - 1
+        self.up = nnx.List([UpLevel(a, b, i != last, config, rngs=rngs)
+                            for i, (a, b) in enumerate(zip(ins, widths))])
+        self.norm_out = _group_norm(widths[-1], config, rngs)
+        self.conv_out = _conv(widths[-1], config.num_channels, 3, rngs)
+
+    def __call__(self, z: jax.Array) -> jax.Array:  # [N, h, w, z_channels] -> [N, h*f, w*f, 3], unclipped
+        x = self.conv_in(z)
+        for block in self.mid:
+            x = block(x)
+        for level in self.up:
+            x = level(x)
+        return self.conv_out(nnx.silu(self.norm_out(x)))
+
+
+class VectorQuantizer(nnx.Module):
+    """Nearest codebook entry by squared L2 distance."""
+
+    def __init__(self, config: VQGANConfig, *, rngs: nnx.Rngs):
+        k, d = config.num_embeddings, config.quantized_embed_dim
+        self.embeddings = nnx.Param(jax.random.uniform(rngs.params(), (k, d), minval=-1.0 / k, maxval=1.0 / k))
+
+    def __call__(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """z [N, h, w, D] -> (quantized [N, h, w, D], indices [N, h, w] int32)."""
+        codebook = self.embeddings[...]  # [K, D]
+        # |z - e|^2 = |z|^2 - 2 z.e + |e|^2; |z|^2 is constant per position and does not change argmin
+        # but is kept so the distances are the true ones (ties resolve to the lowest index, as torch).
+        dist = (jnp.sum(z * z, axis=-1, keepdims=True)
+                - 2.0 * jnp.einsum("nhwd,kd->nhwk", z, codebook, precision="highest")
+                + jnp.sum(codebook * codebook, axis=-1))  # [N, h, w, K]
+        indices = jnp.argmin(dist, axis=-1).astype(jnp.int32)
+        return self.lookup(indices), indices
+
+    def lookup(self, indices: jax.Array) -> jax.Array:  # [N, h, w] -> [N, h, w, D]
+        return jnp.take(self.embeddings[...], indices, axis=0)
+
+
+class VQGAN(nnx.Module):
+    """frames in [-1, 1] [N, H, W, 3] <-> codes [N, H/f, W/f] with f = 2 ** (levels - 1)."""
+
+    def __init__(self, config: VQGANConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.encoder = Encoder(config, rngs=rngs)
+        self.quant_conv = _conv(config.z_channels, config.quantized_embed_dim, 1, rngs)
+        self.quantize = VectorQuantizer(config, rngs=rngs)
+        self.post_quant_conv = _conv(config.quantized_embed_dim, config.z_channels, 1, rngs)
+        self.decoder = Decoder(config, rngs=rngs)
+
+    def encode_latents(self, frames: jax.Array) -> jax.Array:  # [N, H, W, 3] -> [N, h, w, D]
+        """Encoder + quant_conv: what diffusers' `VQModel.encode` returns (before quantisation)."""
+        return self.quant_conv(self.encoder(frames))
+
+    def encode(self, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """frames [N, H, W, 3] in [-1, 1] -> (quantized [N, h, w, D], indices [N, h, w] int32)."""
+        return self.quantize(self.encode_latents(frames))
+
+    def decode_quantized(self, quantized: jax.Array) -> jax.Array:  # [N, h, w, D] -> [N, H, W, 3]
+        """post_quant_conv + decoder, not clipped (what diffusers' `VQModel.decode` returns)."""
+        return self.decoder(self.post_quant_conv(quantized))
+
+    def decode(self, indices: jax.Array) -> jax.Array:  # [N, h, w] int -> [N, H, W, 3] in [-1, 1]
+        return jnp.clip(self.decode_quantized(self.quantize.lookup(indices)), -1.0, 1.0)
