@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from lwm_cli import pending
+from lwm_cli import convert, info, pending
 
 app = typer.Typer(
     name="lwm",
@@ -21,6 +21,8 @@ app.command("tokenize-video")(pending.tokenize_video)
 app.command("ask")(pending.ask)
 app.command("generate")(pending.generate)
 app.command("needle")(pending.needle)
+app.command("convert")(convert.convert)
+app.command("info")(info.info)
 
 
 def main() -> None:

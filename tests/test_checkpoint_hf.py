@@ -99,8 +99,10 @@ def test_transformers_loads_our_files(tmp_path):
     assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v.shape) for k, v in reference.items()}
     np.testing.assert_array_equal(state["model.embed_tokens.weight"], params["transformer/wte/embedding"])
     np.testing.assert_array_equal(state["lm_head.weight"], params["lm_head/kernel"].T)
-    np.testing.assert_array_equal(state["model.layers.2.mlp.down_proj.weight"], params[LAYER + "feed_forward/w2/kernel"][2].T)
-    np.testing.assert_array_equal(state["model.layers.1.self_attn.v_proj.weight"], params[LAYER + "attention/wv/kernel"][1].T)
+    np.testing.assert_array_equal(state["model.layers.2.mlp.down_proj.weight"],
+                                  params[LAYER + "feed_forward/w2/kernel"][2].T)
+    np.testing.assert_array_equal(state["model.layers.1.self_attn.v_proj.weight"],
+                                  params[LAYER + "attention/wv/kernel"][1].T)
     np.testing.assert_array_equal(state["model.layers.0.self_attn.k_proj.weight"],
                                   lwm_to_hf_qk(params[LAYER + "attention/wk/kernel"][0], 3))
     np.testing.assert_array_equal(state["model.layers.1.post_attention_layernorm.weight"],
@@ -134,8 +136,10 @@ def test_reads_transformers_sharded_safetensors_and_bin(tmp_path, dtype_name):
     assert ckpt.dtype == dtype_name and ckpt.config.rope_theta == 5e4
     p = ckpt.params
     np.testing.assert_array_equal(p["transformer/wte/embedding"], state["model.embed_tokens.weight"])
-    np.testing.assert_array_equal(p[LAYER + "feed_forward/w1/kernel"][2], state["model.layers.2.mlp.gate_proj.weight"].T)
-    np.testing.assert_array_equal(p[LAYER + "feed_forward/w3/kernel"][0], state["model.layers.0.mlp.up_proj.weight"].T)
+    np.testing.assert_array_equal(p[LAYER + "feed_forward/w1/kernel"][2],
+                                  state["model.layers.2.mlp.gate_proj.weight"].T)
+    np.testing.assert_array_equal(p[LAYER + "feed_forward/w3/kernel"][0],
+                                  state["model.layers.0.mlp.up_proj.weight"].T)
     np.testing.assert_array_equal(p[LAYER + "attention_norm/kernel"][1],
                                   state["model.layers.1.input_layernorm.weight"])
     np.testing.assert_array_equal(p[LAYER + "attention/wq/kernel"][1],

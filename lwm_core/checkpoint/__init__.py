@@ -27,8 +27,9 @@ from lwm_core.checkpoint.keys import (
 from lwm_core.config import ModelConfig
 from lwm_core.errors import LWMError
 
-__all__ = ["ArrayInfo", "Checkpoint", "CheckpointSpec", "ProgressFn", "canonical_keys", "check_shapes",
-           "describe_params", "expected_shapes", "load_params", "parse_spec", "save_params"]
+__all__ = ["ArrayInfo", "Checkpoint", "CheckpointSpec", "ProgressFn", "canonical_keys", "check_config",
+           "check_shapes", "describe_params", "expected_shapes", "load_params", "merge_configs", "parse_spec",
+           "save_params"]
 
 FORMATS = ("lwm", "hf", "orbax")
 TRAINSTATE_PREFIX = ("params", "params")
@@ -103,8 +104,9 @@ def parse_spec(spec: str | os.PathLike, *, for_writing: bool = False) -> Checkpo
     raise LWMError(f"cannot tell the format of {path}: prefix it, e.g. params::{path} for LWM streaming")
 
 
-def _merge_configs(given: ModelConfig | None, found: ModelConfig | None, source: str) -> ModelConfig | None:
-    """The caller's config wins (it carries execution choices), but it must describe the same shapes."""
+def merge_configs(given: ModelConfig | None, found: ModelConfig | None, source: str) -> ModelConfig | None:
+    """`given` (the caller's, with its execution choices) or else `found` (the source's); when both
+    exist they must agree on every field that decides parameter shapes."""
     if given is None or found is None:
         return given or found
     for name in _ARCH_FIELDS:
@@ -139,7 +141,7 @@ def _read(spec: str | os.PathLike, config: ModelConfig | None, dtype: str | None
                                            progress=progress)
         layout = "scanned"
     validate_keys(params, source)
-    config = _merge_configs(config, found, source)
+    config = merge_configs(config, found, source)
     if config is not None:
         check_config(params, config, source)
     return Checkpoint(params, config, parsed.format, layout, stored)

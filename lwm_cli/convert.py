@@ -1,0 +1,102 @@
+"""`lwm convert`: any checkpoint format to any other (LWM streaming, Hugging Face, orbax)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+from lwm_cli.common import console, err_console, handle_errors
+from lwm_core.checkpoint import (
+    ProgressFn, check_config, load_params, merge_configs, parse_spec, save_params,
+)
+from lwm_core.config import ModelConfig
+from lwm_core.errors import LWMError
+
+SPEC_HELP = ("params::FILE (LWM streaming), trainstate_params::FILE, FILE.msgpack, hf::DIR (Hugging Face "
+             "LLaMA), orbax::DIR (lwm orbax)")
+
+
+def config_from_option(value: str | None, *, vision: bool = False) -> ModelConfig | None:
+    """--config: a preset name ('7b-1m', 'debug') or a path to a ModelConfig JSON file.
+
+    A preset gets the vision embeddings when the checkpoint has them (`vision`), since preset names
+    only name the language model.
+    """
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if path.suffix == ".json" or path.is_file():
+        if not path.is_file():
+            raise LWMError(f"config file {path} does not exist")
+        try:
+            return ModelConfig.from_json(path.read_text())
+        except ValueError as exc:
+            raise LWMError(f"{path} is not a ModelConfig JSON file ({exc})") from None
+    return ModelConfig.from_name(value, vision=vision)
+
+
+def resolve_config(option: str | None, params: dict, found: ModelConfig | None, source: str) -> ModelConfig | None:
+    """The config to use: --config (checked against the source's and against the shapes) or the source's."""
+    vision = any(k in params for k in ("transformer/vte/embedding", "vision_head/kernel"))
+    config = merge_configs(config_from_option(option, vision=vision), found, source)
+    if config is not None:
+        check_config(params, config, source)
+    return config
+
+
+@contextlib.contextmanager
+def progress_bar(description: str) -> Iterator[ProgressFn]:
+    """A rich progress bar on stderr, fed by the `progress(done, total, item)` callbacks of lwm_core."""
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+               TextColumn("[dim]{task.fields[item]}"))
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(description, total=None, item="")
+
+        def update(done: int, total: int, item: str) -> None:
+            bar.update(task, completed=done, total=total or None, item=item[-48:])
+
+        yield update
+
+
+@handle_errors
+def convert(
+    src: str = typer.Argument(..., help=f"Checkpoint to read: {SPEC_HELP}, or a model folder."),
+    dst: str = typer.Argument(..., help=f"Checkpoint to write: {SPEC_HELP}."),
+    config: str | None = typer.Option(
+        None, "--config", help="Model preset (e.g. 7b-1m, debug) or a ModelConfig JSON file; needed when "
+                               "SRC carries no config (LWM streaming) and DST stores one (hf, orbax)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="bfloat16 or float32 (default: as stored)."),
+    layout: str = typer.Option("scanned", "--layout", help="scanned or unscanned layers (params:: only)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists."),
+):
+    """Convert a checkpoint between LWM streaming msgpack, Hugging Face LLaMA and orbax.
+
+    Example: lwm convert params::lwm-7b-1m.msgpack hf::LWM-Text-1M --config 7b-1m --dtype bfloat16
+    """
+    if dtype not in (None, "bfloat16", "float32"):
+        raise LWMError(f"--dtype must be bfloat16 or float32, got {dtype!r}")
+    if layout not in ("scanned", "unscanned"):
+        raise LWMError(f"--layout must be scanned or unscanned, got {layout!r}")
+    source, target = parse_spec(src), parse_spec(dst, for_writing=True)
+    # Fail before reading gigabytes: everything that can be checked without the weights.
+    if target.path.exists() and not overwrite:
+        raise LWMError(f"{target.path} already exists; pass --overwrite to replace it")
+    if target.format != "lwm" and layout != "scanned":
+        raise LWMError(f"--layout applies to params:: outputs only, not {target.format}::")
+    if source.format == "lwm" and target.format != "lwm" and config is None:
+        raise LWMError(f"{source.path} carries no model config but {target.format}:: stores one: "
+                       "pass --config (a preset such as 7b-1m, or a ModelConfig JSON file)")
+    with progress_bar(f"reading {source.path.name}") as progress:
+        ckpt = load_params(src, dtype=dtype, progress=progress)
+    model_config = resolve_config(config, ckpt.params, ckpt.config, str(source.path))
+    with progress_bar(f"writing {target.path.name}") as progress:
+        save_params(ckpt.params, dst, config=model_config, dtype=dtype, layout=layout,
+                    overwrite=overwrite, progress=progress)
+    out_layout = {"lwm": layout, "hf": "unscanned", "orbax": "scanned"}[target.format]
+    console.print(f"converted {source.path} ({ckpt.format}, {ckpt.layout}, {ckpt.dtype}) -> {target.path} "
+                  f"({target.format}, {out_layout}, {dtype or ckpt.dtype}): {ckpt.num_params:,} parameters",
+                  highlight=False, soft_wrap=True)
