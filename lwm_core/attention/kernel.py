@@ -57,10 +57,23 @@ def chunk_allowed(qi: TokenInfo, ki: TokenInfo, causal: bool):
 
 
 def _skip_unless(allowed, compute, carry):
-    """Run `compute(carry)` only when some pair of the chunk is allowed; otherwise keep `carry`."""
+    """Run `compute(carry, mask)` only when some pair of the chunk is allowed; otherwise keep `carry`.
+
+    A chunk whose pairs are all allowed runs without the elementwise mask (mask=None).
+    """
     if allowed is None:
-        return compute(carry)
-    return lax.cond(jnp.any(allowed), compute, lambda c: c, carry)
+        return compute(carry, None)
+    branch = jnp.where(jnp.any(allowed), jnp.where(jnp.all(allowed), 1, 2), 0)
+    return lax.switch(branch, (lambda c: c, lambda c: compute(c, None), lambda c: compute(c, allowed)), carry)
+
+
+def _prescale(q):
+    """(q * scale, remaining scale): fp32 queries are scaled once up front, others per logit (keeps
+    low-precision inputs unrounded)."""
+    scale = q.shape[-1] ** -0.5
+    if q.dtype == jnp.float32:
+        return q * scale, 1.0
+    return q, scale
 
 
 def _chunks(x, size: int, axis: int):
@@ -93,7 +106,7 @@ def forward_block(q, k, v, qi: TokenInfo, ki: TokenInfo, carry, *, causal: bool,
 
     Tq and Tk must be multiples of q_chunk and k_chunk. Accumulation is fp32 whatever the input dtype.
     """
-    scale = q.shape[-1] ** -0.5
+    q, scale = _prescale(q)
     n_k = k.shape[2] // k_chunk
 
     def per_query_chunk(args):
@@ -104,9 +117,11 @@ def forward_block(q, k, v, qi: TokenInfo, ki: TokenInfo, carry, *, causal: bool,
             vb = lax.dynamic_slice_in_dim(v, j * k_chunk, k_chunk, axis=2)
             allowed = chunk_allowed(qib, slice_info(ki, j * k_chunk, k_chunk), causal)  # [B|1, qc, kc]
 
-            def compute(state):
+            def compute(state, allowed):
                 acc, m, l = state
-                s = jnp.einsum("bhqd,bhkd->bhqk", qb, kb, preferred_element_type=jnp.float32) * scale
+                s = jnp.einsum("bhqd,bhkd->bhqk", qb, kb, preferred_element_type=jnp.float32)
+                if scale != 1.0:
+                    s = s * scale
                 if allowed is not None:
                     s = jnp.where(allowed[:, None], s, -jnp.inf)
                 m_new = jnp.maximum(m, s.max(-1))  # [B, H, qc]
@@ -147,7 +162,10 @@ def backward_block(q, k, v, do, lse, delta, qi: TokenInfo, ki: TokenInfo, dq, *,
     do [B, H, Tq, D] is the output cotangent, lse/delta [B, H, Tq] the final log-sum-exp and
     sum(do * out); dq [B, H, Tq, D] fp32 is accumulated and returned with dk, dv [B, H, Tk, D] fp32.
     """
-    scale = q.shape[-1] ** -0.5
+    dq_in = dq
+    # fp32: q is prescaled, so dk = ds^T q_scaled and dq = scale * (ds k), scaled once at the end
+    q, scale = _prescale(q)
+    dq_scale = (k.shape[-1] ** -0.5) / scale
     n_q = q.shape[2] // q_chunk
     lse_safe = jnp.where(jnp.isfinite(lse), lse, 0.0)
 
@@ -161,20 +179,24 @@ def backward_block(q, k, v, do, lse, delta, qi: TokenInfo, ki: TokenInfo, dq, *,
             qib = slice_info(qi, start, q_chunk)
             allowed = chunk_allowed(qib, kib, causal)  # [B|1, qc, kc]
 
-            def compute(state):
+            def compute(state, allowed):
                 dq, dk, dv = state
                 qb = lax.dynamic_slice_in_dim(q, start, q_chunk, axis=2)  # [B, H, qc, D]
                 dob = lax.dynamic_slice_in_dim(do, start, q_chunk, axis=2)
                 lse_b = lax.dynamic_slice_in_dim(lse_safe, start, q_chunk, axis=2)  # [B, H, qc]
                 delta_b = lax.dynamic_slice_in_dim(delta, start, q_chunk, axis=2)
-                s = jnp.einsum("bhqd,bhkd->bhqk", qb, kb, preferred_element_type=jnp.float32) * scale
+                s = jnp.einsum("bhqd,bhkd->bhqk", qb, kb, preferred_element_type=jnp.float32)
+                if scale != 1.0:
+                    s = s * scale
                 p = jnp.exp(s - lse_b[..., None])  # [B, H, qc, kc]
                 if allowed is not None:
                     p = jnp.where(allowed[:, None], p, 0.0)
                 dv = dv + jnp.einsum("bhqk,bhqd->bhkd", p.astype(do.dtype), dob,
                                      preferred_element_type=jnp.float32)
                 dp = jnp.einsum("bhqd,bhkd->bhqk", dob, vb, preferred_element_type=jnp.float32)
-                ds = p * (dp - delta_b[..., None]) * scale  # [B, H, qc, kc]
+                ds = p * (dp - delta_b[..., None])  # [B, H, qc, kc]
+                if scale != 1.0:
+                    ds = ds * scale
                 dk = dk + jnp.einsum("bhqk,bhqd->bhkd", ds.astype(q.dtype), qb,
                                      preferred_element_type=jnp.float32)
                 dq_b = jnp.einsum("bhqk,bhkd->bhqd", ds.astype(k.dtype), kb, preferred_element_type=jnp.float32)
@@ -189,5 +211,5 @@ def backward_block(q, k, v, do, lse, delta, qi: TokenInfo, ki: TokenInfo, dq, *,
         return dq, (dk, dv)
 
     xs = (_chunks(k, k_chunk, 2), _chunks(v, k_chunk, 2), _info_chunks(ki, k_chunk))
-    dq, (dk, dv) = lax.scan(per_key_chunk, dq, xs)
-    return dq, _unchunk(dk, 2), _unchunk(dv, 2)
+    dq, (dk, dv) = lax.scan(per_key_chunk, jnp.zeros_like(dq_in), xs)
+    return dq_in + dq * dq_scale, _unchunk(dk, 2), _unchunk(dv, 2)
