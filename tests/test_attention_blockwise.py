@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from attention_cases import assert_matches_plain, make_inputs
+from test_attention_helpers import assert_matches_plain, make_inputs
 
 from lwm_core.attention import dot_product_attention, plain_attention
 from lwm_core.errors import LWMError

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 import pytest
-from attention_cases import assert_matches_plain, make_inputs
+from test_attention_helpers import assert_matches_plain, make_inputs
 
 from lwm_core.attention import dot_product_attention, layout
 from lwm_core.attention.ring import chunk_pair_counts
