@@ -211,8 +211,8 @@ class LWMModel(nnx.Module):
         state = nnx.state(model, nnx.Param)
         flat = nnx.to_flat_state(state)
         dtype = jnp.dtype(config.param_dtype)
-        arrays = [jnp.asarray(params["/".join(map(str, path))], dtype=dtype) for path, _ in flat]
-        state = nnx.from_flat_state([(path, var.replace(value)) for (path, var), value in zip(flat, arrays, strict=True)])
+        state = nnx.from_flat_state([(path, var.replace(jnp.asarray(params["/".join(map(str, path))], dtype)))
+                                     for path, var in flat])
         nnx.update(model, state)
         return model
 
