@@ -92,6 +92,8 @@ def _write_local(cache, new, start):
         taken = jnp.take(new, jnp.clip(offset, 0, count - 1), axis=1)
         return jnp.where(owned[None, :, None, None], taken, cache)
 
+    if count > slots:  # a prompt longer than a shard never fits in one
+        return lax.cond(overlaps, straddling, lambda c: c, cache)
     branch = jnp.where(inside, 0, jnp.where(overlaps, 1, 2))
     return lax.switch(branch, (whole, straddling, lambda c: c), cache)
 
