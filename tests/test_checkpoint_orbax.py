@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -108,3 +111,20 @@ def test_save_refuses_incomplete_params(tmp_path):
     params.pop("transformer/ln_f/kernel")
     with pytest.raises(LWMError, match="lacks parameters transformer/ln_f/kernel"):
         save_params(params, tmp_path / "p.msgpack")
+
+
+KEYS_FILE = Path("/work/shared/lwm_param_keys.json")  # keys and shapes read off LWM's own code
+
+
+@pytest.mark.skipif(not KEYS_FILE.is_file(), reason="LWM's key list is not available here")
+def test_expected_shapes_match_lwm_key_list():
+    tiny = json.loads(KEYS_FILE.read_text())["video_llama_tiny"]
+    config = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                         num_attention_heads=4, vision=True)
+    assert expected_shapes(config) == {p["key"]: tuple(p["shape"]) for p in tiny["params"]}
+
+
+def test_expected_shapes_match_the_model():
+    model = pytest.importorskip("lwm_core.model")
+    for config in (CONFIG, CONFIG.replace(vision=True)):
+        assert expected_shapes(config) == model.param_shapes(config)
