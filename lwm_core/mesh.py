@@ -114,7 +114,11 @@ def logical_to_spec(logical_axes: Sequence[str | None], mesh=None, shape: Sequen
 
 
 def _path_key(path) -> str:
-    return "/".join(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
+    """'/'-joined key of a tree path; the trailing 'value' of an nnx Variable is dropped."""
+    parts = [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path]
+    while parts and parts[-1] in ("value", "raw_value"):
+        parts.pop()
+    return "/".join(parts)
 
 
 def param_logical_axes(key: str, ndim: int) -> tuple[str | None, ...]:
