@@ -4,48 +4,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from lwm_cli.common import console, err_console, handle_errors
-from lwm_core.checkpoint import (
-    ProgressFn, check_config, load_params, merge_configs, parse_spec, save_params,
-)
-from lwm_core.config import ModelConfig
+from lwm_core.checkpoint import ProgressFn, checkpoint_config, load_params, parse_spec, save_params
 from lwm_core.errors import LWMError
 
 SPEC_HELP = ("params::FILE (LWM streaming), trainstate_params::FILE, FILE.msgpack, hf::DIR (Hugging Face "
              "LLaMA), orbax::DIR (lwm orbax)")
-
-
-def config_from_option(value: str | None, *, vision: bool = False) -> ModelConfig | None:
-    """--config: a preset name ('7b-1m', 'debug') or a path to a ModelConfig JSON file.
-
-    A preset gets the vision embeddings when the checkpoint has them (`vision`), since preset names
-    only name the language model.
-    """
-    if value is None:
-        return None
-    path = Path(value).expanduser()
-    if path.suffix == ".json" or path.is_file():
-        if not path.is_file():
-            raise LWMError(f"config file {path} does not exist")
-        try:
-            return ModelConfig.from_json(path.read_text())
-        except ValueError as exc:
-            raise LWMError(f"{path} is not a ModelConfig JSON file ({exc})") from None
-    return ModelConfig.from_name(value, vision=vision)
-
-
-def resolve_config(option: str | None, params: dict, found: ModelConfig | None, source: str) -> ModelConfig | None:
-    """The config to use: --config (checked against the source's and against the shapes) or the source's."""
-    vision = any(k in params for k in ("transformer/vte/embedding", "vision_head/kernel"))
-    config = merge_configs(config_from_option(option, vision=vision), found, source)
-    if config is not None:
-        check_config(params, config, source)
-    return config
 
 
 @contextlib.contextmanager
@@ -92,7 +60,7 @@ def convert(
                        "pass --config (a preset such as 7b-1m, or a ModelConfig JSON file)")
     with progress_bar(f"reading {source.path.name}") as progress:
         ckpt = load_params(src, dtype=dtype, progress=progress)
-    model_config = resolve_config(config, ckpt.params, ckpt.config, str(source.path))
+    model_config = checkpoint_config(config, ckpt.params, ckpt.config, str(source.path))
     with progress_bar(f"writing {target.path.name}") as progress:
         save_params(ckpt.params, dst, config=model_config, dtype=dtype, layout=layout,
                     overwrite=overwrite, progress=progress)

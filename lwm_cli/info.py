@@ -9,9 +9,12 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from lwm_cli.common import console, handle_errors
-from lwm_cli.convert import SPEC_HELP, config_from_option, progress_bar, resolve_config
-from lwm_core.checkpoint import describe_params, parse_spec
+from lwm_cli.common import console, err_console, handle_errors
+from lwm_cli.convert import SPEC_HELP, progress_bar
+from lwm_core.config import ModelConfig
+from lwm_core.errors import LWMError
+from lwm_core.config import resolve_config
+from lwm_core.checkpoint import checkpoint_config, describe_params, parse_spec
 
 
 def runtime_info() -> dict[str, Any]:
@@ -31,7 +34,7 @@ def checkpoint_info(spec: str, config_option: str | None, *, show_progress: bool
             ckpt = describe_params(spec, progress=progress)
     else:
         ckpt = describe_params(spec)
-    config = resolve_config(config_option, ckpt.params, ckpt.config, str(source.path))
+    config = checkpoint_config(config_option, ckpt.params, ckpt.config, str(source.path))
     return {"path": str(source.path), "format": ckpt.format, "layout": ckpt.layout, "dtype": ckpt.dtype,
             "num_params": ckpt.num_params, "vision": ckpt.vision,
             "config": None if config is None else config.to_dict()}
@@ -54,18 +57,40 @@ def _table(title: str, rows: dict[str, Any]) -> Table:
 def info(
     checkpoint: str | None = typer.Option(None, "--checkpoint", help=f"Checkpoint to describe: {SPEC_HELP}."),
     config: str | None = typer.Option(None, "--config", help="Model preset (e.g. 7b-1m) or ModelConfig JSON."),
+    forward: int | None = typer.Option(None, "--forward", metavar="TOKENS",
+                                       help="Also load the model and time one forward pass over this many "
+                                            "random tokens (checks the weights run here)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ):
     """Show the JAX runtime and, with --checkpoint, the checkpoint's format, layout, dtype and size.
 
     Example: lwm info --checkpoint params::lwm-7b.msgpack --config 7b-1m
+             lwm info --checkpoint random:200m --forward 2048
     """
     report: dict[str, Any] = {"runtime": runtime_info()}
-    if checkpoint is not None:
+    if forward is not None and checkpoint is None:
+        raise LWMError("--forward needs --checkpoint (a checkpoint spec, or random:PRESET such as random:debug)")
+    if checkpoint is not None and checkpoint.startswith("random:"):
+        model_config = resolve_config(config) or ModelConfig.from_name(checkpoint[len("random:"):])
+        report["checkpoint"] = {"path": checkpoint, "format": "random (untrained weights)",
+                                "num_params": model_config.num_params(), "vision": model_config.vision,
+                                "config": model_config.to_dict()}
+    elif checkpoint is not None:
         report["checkpoint"] = checkpoint_info(checkpoint, config, show_progress=not as_json)
+    if forward is not None:
+        from lwm_core.loading import load_model  # imports JAX: only when a model is run
+        from lwm_core.probe import probe_forward
+
+        if as_json:
+            model = load_model(checkpoint, config)
+        else:
+            with progress_bar(f"loading {checkpoint}") as progress:
+                model = load_model(checkpoint, config, progress=progress)
+        with err_console.status(f"compiling and running a forward pass over {forward} tokens"):
+            report["forward"] = probe_forward(model, forward)
     elif config is not None:
-        model = config_from_option(config)
-        report["config"] = {**model.to_dict(), "num_params": model.num_params()}
+        model_config = resolve_config(config)
+        report["config"] = {**model_config.to_dict(), "num_params": model_config.num_params()}
     if as_json:
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
         return
@@ -79,3 +104,5 @@ def info(
             console.print(_table("config", model))
     elif "config" in report:
         console.print(_table("config", report["config"]))
+    if "forward" in report:
+        console.print(_table("forward pass", report["forward"]))

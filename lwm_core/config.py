@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 from lwm_core.errors import LWMError
@@ -159,3 +160,22 @@ class ModelConfig:
         if self.vision:
             total += 2 * self.vision_vocab_size * d
         return total
+
+
+def resolve_config(config: ModelConfig | str | None, *, vision: bool = False) -> ModelConfig | None:
+    """A ModelConfig, a preset name ('7b-1m', 'debug') or a path to a JSON ModelConfig.
+
+    A preset gets the vision embeddings when `vision` is set (the checkpoint has them), since preset
+    names only name the language model.
+    """
+    if config is None or isinstance(config, ModelConfig):
+        return config
+    path = Path(config).expanduser()
+    if path.suffix == ".json" or path.is_file():
+        if not path.is_file():
+            raise LWMError(f"config file {path} does not exist")
+        try:
+            return ModelConfig.from_json(path.read_text())
+        except ValueError as exc:
+            raise LWMError(f"{path} is not a ModelConfig JSON file ({exc})") from None
+    return ModelConfig.from_name(config, vision=vision)

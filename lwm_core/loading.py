@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from flax import nnx
 
-from lwm_core.config import ModelConfig
+from lwm_core.checkpoint import checkpoint_config, load_params
+from lwm_core.config import ModelConfig, resolve_config
 from lwm_core.errors import LWMError
 from lwm_core.model import LWMModel
-
-
-def resolve_config(config: ModelConfig | str | None) -> ModelConfig | None:
-    """A ModelConfig, a preset name ('7b-1m', 'debug') or a path to a JSON ModelConfig."""
-    if config is None or isinstance(config, ModelConfig):
-        return config
-    path = Path(config)
-    if path.suffix == ".json" or path.is_file():
-        if not path.is_file():
-            raise LWMError(f"config file {config} does not exist")
-        try:
-            return ModelConfig.from_json(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise LWMError(f"config file {config} is not valid JSON: {exc}") from None
-    return ModelConfig.from_name(config)
 
 
 RANDOM_PREFIX = "random:"
@@ -49,13 +32,10 @@ def load_model(checkpoint_spec: str, config: ModelConfig | str | None = None, *,
     given config overrides the stored one; `overrides` change single fields (e.g.
     `attention_impl="blockwise"`, `dtype="bfloat16"`). Shapes are checked against the config.
     """
-    from lwm_core.checkpoint import load_params
-
-    config = resolve_config(config)
     if checkpoint_spec.startswith(RANDOM_PREFIX):
-        return random_model(checkpoint_spec, config, **overrides)
-    ckpt = load_params(checkpoint_spec, config=config, progress=progress)
-    config = config or ckpt.config
+        return random_model(checkpoint_spec, resolve_config(config), **overrides)
+    ckpt = load_params(checkpoint_spec, progress=progress)
+    config = checkpoint_config(config, ckpt.params, ckpt.config, str(checkpoint_spec))
     if config is None:
         raise LWMError(f"{checkpoint_spec} carries no model config; pass one, e.g. "
                        "config='7b-1m' (CLI: --config 7b-1m) or a JSON ModelConfig file")

@@ -24,7 +24,7 @@ from lwm_core.checkpoint.keys import (
     ArrayInfo, canonical_keys, check_config, check_shapes, dtype_summary, expected_shapes, is_vision,
     stack_infos, to_scanned, validate_keys,
 )
-from lwm_core.config import ModelConfig
+from lwm_core.config import ModelConfig, resolve_config
 from lwm_core.errors import LWMError
 
 __all__ = ["ArrayInfo", "Checkpoint", "CheckpointSpec", "ProgressFn", "canonical_keys", "check_config",
@@ -216,3 +216,17 @@ def save_params(params: dict[str, np.ndarray], dst: str | os.PathLike, *, config
         from lwm_core.checkpoint.orbax_io import write_orbax
 
         write_orbax(params, parsed.path, config, dtype=dtype, overwrite=overwrite, progress=progress)
+
+
+VISION_KEYS = ("transformer/vte/embedding", "vision_head/kernel")
+
+
+def checkpoint_config(given: ModelConfig | str | None, params: dict, found: ModelConfig | None,
+                      source: str) -> ModelConfig | None:
+    """The config for a checkpoint's params: the given one (checked against what the checkpoint
+    stores and against the shapes) or else the stored one."""
+    vision = any(k in params for k in VISION_KEYS)
+    config = merge_configs(resolve_config(given, vision=vision), found, source)
+    if config is not None:
+        check_config(params, config, source)
+    return config

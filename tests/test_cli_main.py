@@ -1,0 +1,56 @@
+"""The `lwm` command as a whole: every subcommand listed, pending ones say so and exit 2, and
+`lwm info --forward` runs a loaded model or refuses a too-long sequence in one line."""
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from lwm_cli.main import app
+from lwm_core.checkpoint import expected_shapes, save_params
+from lwm_core.config import ModelConfig
+
+runner = CliRunner()
+MISSION = ("train", "extend-context", "tokenize-video", "ask", "generate", "needle", "info", "convert")
+
+
+def test_help_lists_every_subcommand():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in MISSION:
+        assert name in result.output, name
+
+
+def test_pending_subcommands_say_so_and_exit_2():
+    for name in ("train", "extend-context", "ask", "generate", "needle"):
+        result = runner.invoke(app, [name])
+        assert result.exit_code == 2, (name, result.output)
+        assert "not implemented yet" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_info_forward_runs_a_checkpoint(tmp_path):
+    config = ModelConfig(vocab_size=97, hidden_size=24, intermediate_size=40, num_hidden_layers=2,
+                         num_attention_heads=3, max_sequence_length=64)
+    rng = np.random.default_rng(0)
+    params = {k: rng.standard_normal(s).astype(np.float32) * 0.1 for k, s in expected_shapes(config).items()}
+    save_params(params, f"params::{tmp_path / 'p'}")
+    (tmp_path / "tiny.json").write_text(config.to_json())
+    result = runner.invoke(app, ["info", "--checkpoint", f"params::{tmp_path / 'p'}", "--config",
+                                 str(tmp_path / "tiny.json"), "--forward", "48", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["forward"]["tokens"] == 48 and report["forward"]["logits_finite"] is True
+    assert report["checkpoint"]["num_params"] == config.num_params()
+
+    too_long = runner.invoke(app, ["info", "--checkpoint", f"params::{tmp_path / 'p'}", "--config",
+                                   str(tmp_path / "tiny.json"), "--forward", "65"])
+    assert too_long.exit_code == 2
+    lines = too_long.output.strip().splitlines()
+    assert len(lines) == 1 and "exceed the model's max_sequence_length 64" in lines[0]
+
+
+def test_info_random_preset_json():
+    result = runner.invoke(app, ["info", "--checkpoint", "random:debug", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["checkpoint"]["num_params"] == ModelConfig.from_name("debug").num_params()
