@@ -17,7 +17,7 @@ app = typer.Typer(
 
 app.command("train")(pending.train)
 app.command("extend-context")(pending.extend_context)
-app.command("tokenize-video")(pending.tokenize_video)
+app.command("tokenize-video")(__import__("lwm_cli.tokenize_video").tokenize_video.tokenize_video)
 app.command("ask")(pending.ask)
 app.command("generate")(pending.generate)
 app.command("needle")(pending.needle)

@@ -46,11 +46,3 @@ def needle(ctx: str | None = typer.Option(None, "--ctx", help="Largest context l
     Example: lwm needle --ctx 1M
     """
     not_yet("needle", "the needle evaluation issue")
-
-
-def tokenize_video(inputs: list[str] | None = typer.Argument(None)):
-    """Turn videos and images into VQGAN codes, and codes back into frames.
-
-    Example: lwm tokenize-video clips/ --out tokens/ --vqgan vqgan.pkl
-    """
-    not_yet("tokenize-video", "the VQGAN issue")

@@ -73,7 +73,7 @@ def test_encoder_latents_and_codes_match_diffusers(pair):
     same = codes == ref_codes
     # Positions that differ must be exact ties between the two choices (distance gap ~ rounding).
     codebook = ref.quantize.embedding.weight.detach().numpy()
-    for n, i, j in zip(*np.nonzero(~same)):
+    for n, i, j in zip(*np.nonzero(~same), strict=True):
         z = ours[n, i, j]
         gap = abs(np.sum((z - codebook[codes[n, i, j]]) ** 2) - np.sum((z - codebook[ref_codes[n, i, j]]) ** 2))
         assert gap < 1e-4, f"code mismatch at {(n, i, j)} is not a tie (distance gap {gap})"

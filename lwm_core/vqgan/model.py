@@ -7,8 +7,11 @@ maps them onto LWM's Flax auto-names (`Conv_0`, `DownsamplingBlock_0`, `GroupNor
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lwm_core.vqgan.config import VQGANConfig
@@ -46,7 +49,7 @@ class DownLevel(nnx.Module):
 
     def __init__(self, c_in: int, c_out: int, downsample: bool, config: VQGANConfig, *, rngs: nnx.Rngs):
         widths = [c_in] + [c_out] * config.num_res_blocks
-        self.resnets = nnx.List([ResnetBlock(a, b, config, rngs=rngs) for a, b in zip(widths, widths[1:])])
+        self.resnets = nnx.List([ResnetBlock(a, b, config, rngs=rngs) for a, b in itertools.pairwise(widths)])
         # LWM pads right/bottom by one, then a VALID 3x3 stride-2 conv (diffusers: padding=0 + F.pad).
         self.downsample = (_conv(c_out, c_out, 3, rngs, strides=2, padding=((0, 1), (0, 1)))
                            if downsample else None)
@@ -63,7 +66,7 @@ class UpLevel(nnx.Module):
 
     def __init__(self, c_in: int, c_out: int, upsample: bool, config: VQGANConfig, *, rngs: nnx.Rngs):
         widths = [c_in] + [c_out] * (config.num_res_blocks + 1)
-        self.resnets = nnx.List([ResnetBlock(a, b, config, rngs=rngs) for a, b in zip(widths, widths[1:])])
+        self.resnets = nnx.List([ResnetBlock(a, b, config, rngs=rngs) for a, b in itertools.pairwise(widths)])
         self.upsample = _conv(c_out, c_out, 3, rngs) if upsample else None
 
     def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, c_in] -> [N, 2H, 2W, c_out]
@@ -83,7 +86,7 @@ class Encoder(nnx.Module):
         ins = (widths[0],) + widths[:-1]
         last = config.num_resolutions - 1
         self.down = nnx.List([DownLevel(a, b, i != last, config, rngs=rngs)
-                              for i, (a, b) in enumerate(zip(ins, widths))])
+                              for i, (a, b) in enumerate(zip(ins, widths, strict=True))])
         self.mid = nnx.List([ResnetBlock(widths[-1], widths[-1], config, rngs=rngs) for _ in range(2)])
         self.norm_out = _group_norm(widths[-1], config, rngs)
         self.conv_out = _conv(widths[-1], config.z_channels, 3, rngs)
@@ -107,7 +110,7 @@ class Decoder(nnx.Module):
         ins = (widths[0],) + widths[:-1]
         last = config.num_resolutions - 1
         self.up = nnx.List([UpLevel(a, b, i != last, config, rngs=rngs)
-                            for i, (a, b) in enumerate(zip(ins, widths))])
+                            for i, (a, b) in enumerate(zip(ins, widths, strict=True))])
         self.norm_out = _group_norm(widths[-1], config, rngs)
         self.conv_out = _conv(widths[-1], config.num_channels, 3, rngs)
 
@@ -167,3 +170,23 @@ class VQGAN(nnx.Module):
 
     def decode(self, indices: jax.Array) -> jax.Array:  # [N, h, w] int -> [N, H, W, 3] in [-1, 1]
         return jnp.clip(self.decode_quantized(self.quantize.lookup(indices)), -1.0, 1.0)
+
+
+def init_vqgan(config: VQGANConfig, seed: int = 0) -> VQGAN:
+    """Random weights drawn with numpy into the abstract model: LeCun-normal kernels, zero biases,
+    unit norm scales, codebook uniform in +-1/K. (Flax's own init runs op by op, which on CPU costs
+    a compile per parameter shape: tens of seconds even for the tiny preset.)"""
+    rng = np.random.default_rng(seed)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: VQGAN(config, rngs=nnx.Rngs(seed))))
+    flat = nnx.to_flat_state(state)
+    for path, var in flat:
+        shape, name = var.get_value().shape, path[-1]
+        if name == "kernel":
+            value = rng.standard_normal(shape, np.float32) / np.sqrt(np.prod(shape[:-1]))
+        elif name == "embeddings":
+            k = config.num_embeddings
+            value = rng.uniform(-1.0 / k, 1.0 / k, shape).astype(np.float32)
+        else:
+            value = np.ones(shape, np.float32) if name == "scale" else np.zeros(shape, np.float32)
+        var.set_value(jnp.asarray(value))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))

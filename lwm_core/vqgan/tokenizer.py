@@ -17,7 +17,7 @@ from flax import nnx
 from lwm_core.errors import LWMError
 from lwm_core.vqgan.config import VQGANConfig
 from lwm_core.vqgan.io import read_vqgan
-from lwm_core.vqgan.model import VQGAN
+from lwm_core.vqgan.model import VQGAN, init_vqgan
 from lwm_core.vqgan.params_lwm import lwm_to_model, model_to_lwm, params_digest
 
 RANDOM_PREFIX = "random:"
@@ -112,7 +112,7 @@ def load_vqgan(path_or_preset: str | os.PathLike, config: VQGANConfig | None = N
         except ValueError:
             raise LWMError(f"bad random VQGAN spec {spec!r}; use random:<preset>[:<seed>]") from None
         config = config or VQGANConfig.from_name(preset or "full")
-        model = VQGAN(config, rngs=nnx.Rngs(seed))
+        model = init_vqgan(config, seed)
         identity = f"random:{preset}:seed{seed}:{params_digest(model_to_lwm(model))}"
         return VQGANTokenizer(model, identity=identity, source=spec, untrained=True, batch_size=batch_size)
     params, config = read_vqgan(spec, config)
