@@ -180,7 +180,8 @@ def backward_block(q, k, v, do, lse, delta, qi: TokenInfo, ki: TokenInfo, dq, *,
             allowed = chunk_allowed(qib, kib, causal)  # [B|1, qc, kc]
 
             def compute(state, allowed):
-                dq, dk, dv = state
+                # only chunk-sized values pass through the branch (a full-size dq would be copied)
+                _, dk, dv = state
                 qb = lax.dynamic_slice_in_dim(q, start, q_chunk, axis=2)  # [B, H, qc, D]
                 dob = lax.dynamic_slice_in_dim(do, start, q_chunk, axis=2)
                 lse_b = lax.dynamic_slice_in_dim(lse_safe, start, q_chunk, axis=2)  # [B, H, qc]
@@ -200,11 +201,13 @@ def backward_block(q, k, v, do, lse, delta, qi: TokenInfo, ki: TokenInfo, dq, *,
                 dk = dk + jnp.einsum("bhqk,bhqd->bhkd", ds.astype(q.dtype), qb,
                                      preferred_element_type=jnp.float32)
                 dq_b = jnp.einsum("bhqk,bhkd->bhqd", ds.astype(k.dtype), kb, preferred_element_type=jnp.float32)
-                dq = lax.dynamic_update_slice_in_dim(
-                    dq, lax.dynamic_slice_in_dim(dq, start, q_chunk, axis=2) + dq_b, start, axis=2)
-                return dq, dk, dv
+                return dq_b, dk, dv
 
-            return _skip_unless(allowed, compute, state)
+            no_dq = jnp.zeros((b, h, q_chunk, d), jnp.float32)
+            dq_b, dk, dv = _skip_unless(allowed, compute, (no_dq, dk, dv))
+            dq = lax.dynamic_update_slice_in_dim(
+                dq, lax.dynamic_slice_in_dim(dq, start, q_chunk, axis=2) + dq_b, start, axis=2)
+            return dq, dk, dv
 
         zeros = jnp.zeros((b, h, kc, d), jnp.float32)
         dq, dk, dv = lax.fori_loop(0, n_q, per_query_chunk, (dq, zeros, zeros))
