@@ -88,3 +88,19 @@ def test_balanced_layouts_balance_causal_work():
     # contiguous on one device: chunk pairs on or below the diagonal only
     n = 4096 // 8 // 64
     assert counts["contiguous"][0] == n * (n + 1) // 2
+
+
+def test_ring_bf16_error_no_worse_than_plain_bf16():
+    import jax.numpy as jnp
+
+    from lwm_core.attention import plain_attention
+
+    q, k, v, seg, mask = make_inputs(seq=64, head_dim=16, packed=True, left_pad=True, dtype=jnp.bfloat16)
+    ref = plain_attention(*(x.astype(jnp.float32) for x in (q, k, v)), segment_ids=seg, mask=mask)
+
+    def err(x):
+        return float(jnp.max(jnp.abs(x.astype(jnp.float32) - ref)))
+
+    out = ring_fn(True, seg, mask, "zigzag", (8, 8), mesh=sp_mesh(4))(q, k, v)
+    assert out.dtype == jnp.bfloat16
+    assert err(out) <= err(plain_attention(q, k, v, segment_ids=seg, mask=mask))
