@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
@@ -40,11 +41,17 @@ def convert(
     dtype: str | None = typer.Option(None, "--dtype", help="bfloat16 or float32 (default: as stored)."),
     layout: str = typer.Option("scanned", "--layout", help="scanned or unscanned layers (params:: only)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists."),
+    vqgan: bool = typer.Option(False, "--vqgan", help="Convert VQGAN weights instead: LWM pickle (.pkl), "
+                                                      "diffusers folder, or our .safetensors."),
 ):
-    """Convert a checkpoint between LWM streaming msgpack, Hugging Face LLaMA and orbax.
+    """Convert a checkpoint between LWM streaming msgpack, Hugging Face LLaMA and orbax
+    (or, with --vqgan, VQGAN weights between LWM's pickle, a diffusers folder and .safetensors).
 
     Example: lwm convert params::lwm-7b-1m.msgpack hf::LWM-Text-1M --config 7b-1m --dtype bfloat16
+             lwm convert --vqgan vqgan.pkl vqgan-diffusers/
     """
+    if vqgan:
+        return convert_vqgan_weights(src, dst, overwrite=overwrite)
     if dtype not in (None, "bfloat16", "float32"):
         raise LWMError(f"--dtype must be bfloat16 or float32, got {dtype!r}")
     if layout not in ("scanned", "unscanned"):
@@ -68,3 +75,16 @@ def convert(
     console.print(f"converted {source.path} ({ckpt.format}, {ckpt.layout}, {ckpt.dtype}) -> {target.path} "
                   f"({target.format}, {out_layout}, {dtype or ckpt.dtype}): {ckpt.num_params:,} parameters",
                   highlight=False, soft_wrap=True)
+
+
+def convert_vqgan_weights(src: str, dst: str, *, overwrite: bool) -> None:
+    """`lwm convert --vqgan`: the format of each side is told by its name (see lwm_core.vqgan.io)."""
+    from lwm_core.vqgan import convert_vqgan, detect_format
+
+    target = Path(dst)
+    if target.exists() and not overwrite:
+        raise LWMError(f"{target} already exists; pass --overwrite to replace it")
+    with err_console.status(f"converting VQGAN weights {src}"):
+        written = convert_vqgan(src, dst)
+    console.print(f"converted VQGAN {src} ({detect_format(src)}) -> {dst} ({written})", highlight=False,
+                  soft_wrap=True)

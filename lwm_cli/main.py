@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from lwm_cli import convert, info, pending
+from lwm_cli import convert, info, pending, tokenize_video
 
 app = typer.Typer(
     name="lwm",
@@ -17,7 +17,7 @@ app = typer.Typer(
 
 app.command("train")(pending.train)
 app.command("extend-context")(pending.extend_context)
-app.command("tokenize-video")(__import__("lwm_cli.tokenize_video").tokenize_video.tokenize_video)
+app.command("tokenize-video")(tokenize_video.tokenize_video)
 app.command("ask")(pending.ask)
 app.command("generate")(pending.generate)
 app.command("needle")(pending.needle)

@@ -152,3 +152,23 @@ def test_help_has_examples():
     for command in ("convert", "info"):
         result = lwm(command, "--help")
         assert result.exit_code == 0 and "Example: lwm " + command in result.output
+
+
+def test_convert_vqgan_between_formats(tmp_path):
+    from lwm_core.vqgan import VQGANConfig, read_vqgan, write_vqgan
+    from lwm_core.vqgan.model import init_vqgan
+    from lwm_core.vqgan.params_lwm import model_to_lwm
+
+    tiny = VQGANConfig.from_name("tiny")
+    params = model_to_lwm(init_vqgan(tiny, seed=3))
+    write_vqgan(params, tiny, tmp_path / "v.safetensors")  # ours: carries its config
+    result = lwm("convert", "--vqgan", tmp_path / "v.safetensors", tmp_path / "diffusers")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "diffusers" / "config.json").is_file()
+    back, config = read_vqgan(tmp_path / "diffusers")
+    assert config.channel_mult == tiny.channel_mult and sorted(back) == sorted(params)
+    for key, value in params.items():
+        np.testing.assert_array_equal(back[key], value, err_msg=key)
+    assert_one_line_error(lwm("convert", "--vqgan", tmp_path / "v.safetensors", tmp_path / "diffusers"),
+                          "already exists")
+    assert_one_line_error(lwm("convert", "--vqgan", tmp_path / "none.pkl", tmp_path / "x.pkl"), "not found")
