@@ -88,7 +88,7 @@ def axis_size(mesh, name: str) -> int:
     """Size of mesh axis `name` (1 when there is no mesh or no such axis)."""
     if mesh is None or name not in mesh.axis_names:
         return 1
-    return int(dict(zip(mesh.axis_names, mesh.axis_sizes))[name])
+    return int(dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True))[name])
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], mesh=None, shape: Sequence[int] | None = None,

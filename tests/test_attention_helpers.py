@@ -48,6 +48,6 @@ def assert_matches_plain(fn, q, k, v, *, causal, segment_ids, mask, tol=TOL):
 
     out, grads = outputs_and_grads(fn, q, k, v)
     ref_out, ref_grads = outputs_and_grads(ref, q, k, v)
-    for name, a, b in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref_out, *ref_grads)):
+    for name, a, b in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref_out, *ref_grads), strict=True):
         assert np.all(np.isfinite(np.asarray(a))), f"{name} has non-finite values"
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tol, rtol=tol, err_msg=name)

@@ -46,7 +46,7 @@ def test_sharded_decode_equals_unsharded_for_16_steps(spec):
     # a 5-token prompt: the first decode steps straddle and then cross shard boundaries (4 slots each)
     ref, ref_k, ref_v = _decode_run(None, 5, 16, k_new, v_new, pads=[0, 2])
     got, got_k, got_v = _decode_run(make_mesh(spec), 5, 16, k_new, v_new, pads=[0, 2])
-    for a, b in zip(got, ref):
+    for a, b in zip(got, ref, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(got_k), np.asarray(ref_k))
     np.testing.assert_array_equal(np.asarray(got_v), np.asarray(ref_v))

@@ -61,13 +61,13 @@ def decode_attention(q, k_cache, v_cache, mask, *, mesh=None):
     h_axes = logical_to_spec(["heads"], mesh, [heads])[0]
 
     def per_device(q, k, v, mask):
-        acc, m, l = _partial_attention(q, k, v, mask)
+        acc, m, denom = _partial_attention(q, k, v, mask)
         m_all = lax.pmax(m, SEQ_AXIS)  # [B, T, H]
         m_safe = jnp.where(jnp.isfinite(m_all), m_all, 0.0)
         weight = jnp.exp(m - m_safe)  # 0 for a shard with no visible slot
-        l = lax.psum(l * weight, SEQ_AXIS)
+        denom = lax.psum(denom * weight, SEQ_AXIS)
         acc = lax.psum(acc * weight[..., None], SEQ_AXIS)
-        return (acc / jnp.where(l > 0, l, 1.0)[..., None]).astype(q.dtype)
+        return (acc / jnp.where(denom > 0, denom, 1.0)[..., None]).astype(q.dtype)
 
     q_spec = P(b_axes, None, h_axes, None)
     cache_spec = P(b_axes, SEQ_AXIS, h_axes, None)

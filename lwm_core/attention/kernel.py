@@ -118,7 +118,7 @@ def forward_block(q, k, v, qi: TokenInfo, ki: TokenInfo, carry, *, causal: bool,
             allowed = chunk_allowed(qib, slice_info(ki, j * k_chunk, k_chunk), causal)  # [B|1, qc, kc]
 
             def compute(state, allowed):
-                acc, m, l = state
+                acc, m, denom = state
                 s = jnp.einsum("bhqd,bhkd->bhqk", qb, kb, preferred_element_type=jnp.float32)
                 if scale != 1.0:
                     s = s * scale
@@ -128,19 +128,19 @@ def forward_block(q, k, v, qi: TokenInfo, ki: TokenInfo, carry, *, causal: bool,
                 m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # rows with no key yet
                 p = jnp.exp(s - m_safe[..., None])  # [B, H, qc, kc]; masked -> 0
                 correction = jnp.exp(m - m_safe)
-                l = l * correction + p.sum(-1)
+                denom = denom * correction + p.sum(-1)
                 pv = jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), vb, preferred_element_type=jnp.float32)
-                return acc * correction[..., None] + pv, m_new, l
+                return acc * correction[..., None] + pv, m_new, denom
 
             return _skip_unless(allowed, compute, state)
 
         return lax.fori_loop(0, n_k, per_key_chunk, state)
 
-    acc, m, l = carry
-    xs = (_chunks(q, q_chunk, 2), (_chunks(acc, q_chunk, 2), _chunks(m, q_chunk, 2), _chunks(l, q_chunk, 2)),
+    acc, m, denom = carry
+    xs = (_chunks(q, q_chunk, 2), (_chunks(acc, q_chunk, 2), _chunks(m, q_chunk, 2), _chunks(denom, q_chunk, 2)),
           _info_chunks(qi, q_chunk))
-    acc, m, l = lax.map(per_query_chunk, xs)
-    return _unchunk(acc, 2), _unchunk(m, 2), _unchunk(l, 2)
+    acc, m, denom = lax.map(per_query_chunk, xs)
+    return _unchunk(acc, 2), _unchunk(m, 2), _unchunk(denom, 2)
 
 
 def finalize(carry):
@@ -148,10 +148,10 @@ def finalize(carry):
 
     A query that saw no allowed key gets output 0 and lse -inf (no NaN).
     """
-    acc, m, l = carry
-    seen = l > 0
-    out = acc / jnp.where(seen, l, 1.0)[..., None]
-    lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), -jnp.inf)
+    acc, m, denom = carry
+    seen = denom > 0
+    out = acc / jnp.where(seen, denom, 1.0)[..., None]
+    lse = jnp.where(seen, m + jnp.log(jnp.where(seen, denom, 1.0)), -jnp.inf)
     return out, lse
 
 
