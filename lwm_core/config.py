@@ -66,13 +66,16 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     # Execution: attention implementation and LWM's chunk sizes, sequence layout for ring attention.
-    attention_impl: str = "plain"
+    attention_impl: str = "blockwise"  # "plain" is the [T, T] reference; "ring" shards over `sp`
     scan_query_chunk_size: int = 512
     scan_key_chunk_size: int = 512
     scan_mlp_chunk_size: int = 0  # 0: the MLP runs on the whole sequence at once.
     sequence_layout: str = "contiguous"
     # Rematerialisation of each decoder layer in the backward pass ("" = none).
     remat_block: str = ""
+    # Layers stacked and run by lax.scan (fast compiles, training); False keeps one weight per layer,
+    # which decodes faster on CPU. Checkpoints use the same (scanned) parameter dict either way.
+    scan_layers: bool = True
 
     def __post_init__(self):
         positive = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",

@@ -123,25 +123,40 @@ class DecoderLayer(nnx.Module):
 
 
 class LayerStack(nnx.Module):
-    """All decoder layers as one `DecoderLayer` whose weights carry a leading layer axis."""
+    """The decoder layers: with `scan_layers` (default) one `DecoderLayer` whose weights carry a
+    leading layer axis, run by `lax.scan`; without, one `DecoderLayer` per layer, run in a Python loop.
+
+    Unscanned layers compile once per layer but read each weight in place; XLA on CPU copies the
+    per-layer slice of a stacked weight inside a scan, which triples the memory traffic of
+    bandwidth-bound one-token decoding (see bench/decode.py).
+    """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        self.scan_decoder = DecoderLayer(config, rngs=rngs, stack=(config.num_hidden_layers,))
+        if config.scan_layers:
+            self.scan_decoder = DecoderLayer(config, rngs=rngs, stack=(config.num_hidden_layers,))
+        else:
+            self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
         self.config = config
 
     def _scan(self, step, x, xs):
-        """Run `step(layer, x, xs_slice) -> (x, ys_slice)` over the layers with lax.scan."""
+        """Run `step(layer, x, xs_slice) -> (x, ys_slice)` over the layers; ys come back stacked."""
+        policy = self.config.remat_block
+        remat = (lambda f: jax.checkpoint(f, policy=getattr(jax.checkpoint_policies, policy), prevent_cse=False)
+                 ) if policy else (lambda f: f)
+        if not self.config.scan_layers:
+            ys = []
+            for i, layer in enumerate(self.layers):
+                x, y = remat(lambda h, extra, layer=layer: step(layer, h, extra))(
+                    x, jax.tree.map(lambda a, i=i: a[i], xs))
+                ys.append(y)
+            return x, jax.tree.map(lambda *a: jnp.stack(a), *ys)
         graphdef, state = nnx.split(self.scan_decoder)
 
         def body(carry, layer_and_xs):
             layer_state, extra = layer_and_xs
             return step(nnx.merge(graphdef, layer_state), carry, extra)
 
-        policy = self.config.remat_block
-        if policy:
-            body = jax.checkpoint(body, policy=getattr(jax.checkpoint_policies, policy),
-                                  prevent_cse=False)
-        return jax.lax.scan(body, x, (state, xs))
+        return jax.lax.scan(remat(body), x, (state, xs))
 
     def __call__(self, x, cos, sin, *, segment_ids=None, attention_mask=None, return_kv=False):
         """x [B, T, D] -> [B, T, D]; with return_kv also the per-layer keys/values [L, B, T, H, Dh]."""

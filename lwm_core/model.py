@@ -145,11 +145,14 @@ class LWMModel(nnx.Module):
                        length=jnp.zeros((), jnp.int32),
                        next_position=jnp.zeros((batch_size,), jnp.int32))
 
-    def prefill(self, input_ids, cache: KVCache, vision_masks=None, attention_mask=None):
+    def prefill(self, input_ids, cache: KVCache, vision_masks=None, attention_mask=None, *,
+                last_only: bool = False):
         """Run a (left-padded) prompt [B, T] through the model into an EMPTY cache.
 
         Uses the configured attention (blockwise/ring for long prompts). Returns
-        (text_logits, vision_logits, cache).
+        (text_logits, vision_logits, cache); with `last_only` the logits are those of the last
+        position only ([B, 1, V]), which is all generation needs and skips the vocabulary
+        projection of the rest of the prompt.
         """
         batch, seq = self._check_inputs(input_ids, vision_masks)
         self._check_room(cache, seq)
@@ -163,7 +166,7 @@ class LWMModel(nnx.Module):
                         key_valid=jax.lax.dynamic_update_slice_in_dim(cache.key_valid, attention_mask, 0, axis=1),
                         length=jnp.asarray(seq, jnp.int32),
                         next_position=jnp.sum(attention_mask, axis=1, dtype=jnp.int32))
-        return (*self._heads(hidden), cache)
+        return (*self._heads(hidden[:, -1:] if last_only else hidden), cache)
 
     def decode(self, input_ids, cache: KVCache, vision_masks=None):
         """Append new tokens [B, T] (usually T = 1) after what the cache holds.
@@ -197,29 +200,58 @@ class LWMModel(nnx.Module):
 
     # ---------------------------------------------------------------- parameters
     def params_dict(self) -> dict[str, np.ndarray]:
-        """Weights as LWM's flat checkpoint dict: key -> numpy array (scanned layout)."""
-        return {"/".join(map(str, path)): np.asarray(var[...])
-                for path, var in nnx.to_flat_state(nnx.state(self, nnx.Param))}
+        """Weights as LWM's flat checkpoint dict: key -> numpy array (scanned layout, whatever
+        `scan_layers` says about how this model runs them)."""
+        return checkpoint_dict(nnx.state(self, nnx.Param))
 
     @classmethod
     def from_params(cls, config: ModelConfig, params: dict[str, np.ndarray]) -> LWMModel:
-        """Build a model from LWM's flat checkpoint dict without initialising random weights first."""
+        """Build a model from LWM's flat checkpoint dict (scanned layout) without initialising
+        random weights first."""
         from lwm_core.checkpoint import check_shapes
 
         check_shapes(params, param_shapes(config))
         model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
-        state = nnx.state(model, nnx.Param)
-        flat = nnx.to_flat_state(state)
         dtype = jnp.dtype(config.param_dtype)
-        state = nnx.from_flat_state([(path, var.replace(jnp.asarray(params["/".join(map(str, path))], dtype)))
-                                     for path, var in flat])
-        nnx.update(model, state)
+
+        def value(path):
+            key, layer = _checkpoint_key(path)
+            array = params[key] if layer is None else params[key][layer]
+            return jnp.asarray(array, dtype)
+
+        flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+        nnx.update(model, nnx.from_flat_state([(path, var.replace(value(path))) for path, var in flat]))
         return model
 
 
+_UNSCANNED = ("transformer", "h", "layers")
+
+
+def checkpoint_dict(state: nnx.State) -> dict[str, np.ndarray]:
+    """A model's parameter State (or its gradients) -> LWM's flat checkpoint dict, scanned layout."""
+    params, per_layer = {}, {}
+    for path, var in nnx.to_flat_state(state):
+        key, layer = _checkpoint_key(path)
+        if layer is None:
+            params[key] = np.asarray(var[...])
+        else:
+            per_layer.setdefault(key, {})[layer] = np.asarray(var[...])
+    for key, layers in per_layer.items():
+        params[key] = np.stack([layers[i] for i in range(len(layers))])
+    return params
+
+
+def _checkpoint_key(path: tuple) -> tuple[str, int | None]:
+    """NNX state path -> (LWM scanned checkpoint key, layer index or None). Unscanned layers live at
+    transformer/h/layers/<i>/...; their checkpoint key is the scanned one, indexed by layer."""
+    if tuple(path[:3]) == _UNSCANNED:
+        return "/".join(("transformer", "h", "scan_decoder", *map(str, path[4:]))), int(path[3])
+    return "/".join(map(str, path)), None
+
+
 def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Checkpoint key -> shape for a config, computed with `nnx.eval_shape` (no memory)."""
-    abstract = nnx.eval_shape(lambda: LWMModel(config, rngs=nnx.Rngs(0)))
+    """Checkpoint key -> shape for a config (scanned layout), computed with `nnx.eval_shape` (no memory)."""
+    abstract = nnx.eval_shape(lambda: LWMModel(config.replace(scan_layers=True), rngs=nnx.Rngs(0)))
     return {"/".join(map(str, path)): tuple(var.shape)
             for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param))}
 
