@@ -85,3 +85,27 @@ def atomic_path(dst: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def flatten_tree(tree, prefix: str = "") -> dict:
+    """Nested mapping (dicts, FrozenDicts) -> {'a/b/c': leaf}."""
+    flat: dict = {}
+    for name, value in tree.items():
+        key = f"{prefix}{name}"
+        if hasattr(value, "items"):
+            flat.update(flatten_tree(value, key + "/"))
+        else:
+            flat[key] = value
+    return flat
+
+
+def unflatten_tree(flat: dict) -> dict:
+    """{'a/b/c': leaf} -> nested dicts."""
+    tree: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split("/")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree

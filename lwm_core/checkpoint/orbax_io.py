@@ -12,35 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from lwm_core.checkpoint.common import ProgressFn, atomic_path, cast, np_dtype
+from lwm_core.checkpoint.common import ProgressFn, atomic_path, cast, flatten_tree, np_dtype, unflatten_tree
 from lwm_core.checkpoint.keys import ArrayInfo, dtype_summary
 from lwm_core.config import ModelConfig
 from lwm_core.errors import LWMError
 
 CONFIG_FILE = "lwm_config.json"
 PARAMS_DIR = "params"
-
-
-def _nest(flat: dict[str, object]) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split("/")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    flat: dict[str, object] = {}
-    for name, value in tree.items():
-        key = f"{prefix}{name}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, key + "/"))
-        else:
-            flat[key] = value
-    return flat
 
 
 def write_orbax(params: dict[str, np.ndarray], path: str | os.PathLike, config: ModelConfig, *,
@@ -52,7 +30,7 @@ def write_orbax(params: dict[str, np.ndarray], path: str | os.PathLike, config: 
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.mkdir()
         (tmp / CONFIG_FILE).write_text(config.to_json() + "\n")
-        tree = _nest({k: cast(v, dtype) for k, v in params.items()})
+        tree = unflatten_tree({k: cast(v, dtype) for k, v in params.items()})
         with ocp.PyTreeCheckpointer() as checkpointer:  # synchronous: done when save returns
             checkpointer.save((tmp / PARAMS_DIR).absolute(), tree)
         if progress:
@@ -87,14 +65,14 @@ def read_orbax(path: str | os.PathLike, *, dtype: str | None = None, shapes_only
         try:
             metadata = checkpointer.metadata(params_dir).item_metadata.tree
             infos = {k: ArrayInfo(tuple(m.shape), np.dtype(m.dtype).name)
-                     for k, m in _flatten(metadata).items()}
+                     for k, m in flatten_tree(metadata).items()}
             if shapes_only:
                 params: dict[str, object] = {k: ArrayInfo(i.shape, dtype or i.dtype) for k, i in infos.items()}
             else:
                 # Ask for numpy arrays: the canonical dict is host memory, placement is the model's job.
                 restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
                 tree = checkpointer.restore(params_dir, restore_args=restore_args)
-                params = {k: cast(np.asarray(v), dtype) for k, v in _flatten(tree).items()}
+                params = {k: cast(np.asarray(v), dtype) for k, v in flatten_tree(tree).items()}
         except (OSError, ValueError, KeyError, AttributeError) as exc:
             raise LWMError(f"{params_dir} cannot be restored by orbax ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}); it is incomplete or corrupt") from None

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lwm_core.checkpoint.common import flatten_tree, unflatten_tree
 from lwm_core.errors import LWMError
 from lwm_core.vqgan.config import VQGANConfig
 from lwm_core.vqgan.model import VQGAN
@@ -93,27 +94,12 @@ def check_params(params: dict[str, np.ndarray], config: VQGANConfig) -> None:
                            f"expects {shape}; pass the matching config")
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+def flatten(tree: dict[str, Any]) -> dict[str, np.ndarray]:
     """Nested dict -> {'a/b/c': array}."""
-    out: dict[str, np.ndarray] = {}
-    for name, value in tree.items():
-        key = f"{prefix}{name}"
-        if isinstance(value, dict) or hasattr(value, "items"):
-            out.update(flatten(dict(value.items()), key + "/"))
-        else:
-            out[key] = np.asarray(value)
-    return out
+    return {key: np.asarray(value) for key, value in flatten_tree(tree).items()}
 
 
-def unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = tree
-        *parents, leaf = key.split("/")
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = value
-    return tree
+unflatten = unflatten_tree
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
