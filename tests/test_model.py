@@ -202,3 +202,32 @@ def test_presets_and_invariants():
     with pytest.raises(LWMError, match="attention_impl"):
         ModelConfig(attention_impl="flash")
     assert ModelConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_top_k_sampling_stays_in_the_top_k():
+    from lwm_core.sampling import sample_token
+
+    logits = jnp.asarray(np.random.RandomState(7).randn(4, 50).astype(np.float32))
+    top3 = np.argsort(-np.asarray(logits), axis=-1)[:, :3]
+    seen = set()
+    for seed in range(40):
+        tokens = np.asarray(sample_token(logits, jax.random.PRNGKey(seed), temperature=1.0, top_k=3))
+        assert all(t in row for t, row in zip(tokens, top3, strict=True))
+        seen.update(tokens.tolist())
+    assert len(seen) > 4  # it samples, it does not always pick the argmax
+    greedy = sample_token(logits, jax.random.PRNGKey(0), temperature=1.0, top_k=1)
+    np.testing.assert_array_equal(greedy, np.argmax(np.asarray(logits), -1))
+
+
+def test_generation_stops_at_eos_and_pads_finished_rows():
+    model = tiny_model()
+    prompt = np.random.RandomState(8).randint(3, 97, (2, 5))
+    free = generate(model, prompt, max_new_tokens=6)
+    eos = int(free[0, 1])  # row 0 emits this token at step 1: call it eos
+    out = generate(model, prompt, max_new_tokens=6, eos_token_id=eos)
+    assert out.shape == (2, 6)
+    np.testing.assert_array_equal(out[0, :2], free[0, :2])
+    assert (out[0, 1:] == eos).all()
+    first = np.flatnonzero(free[1] == eos)
+    stop = first[0] + 1 if first.size else 6
+    np.testing.assert_array_equal(out[1, :stop], free[1, :stop])
