@@ -23,6 +23,26 @@ def _group_norm(channels: int, config: VQGANConfig, rngs: nnx.Rngs) -> nnx.Group
                          use_fast_variance=False, rngs=rngs)
 
 
+def norm_silu(norm: nnx.GroupNorm, x: jax.Array) -> jax.Array:
+    """silu(norm(x)) for an NHWC x, the same two-pass fp32 statistics as `nnx.GroupNorm` with
+    use_fast_variance=False, written so XLA CPU reduces over H*W with channels minor (vectorised)
+    and fuses normalise, affine and SiLU into one pass (nnx.GroupNorm + silu: ~1.7x slower)."""
+    n, h, w, c = x.shape
+    groups = norm.num_groups
+    per_group = c // groups
+    count = h * w * per_group
+    flat = x.reshape(n, h * w, c)
+
+    def group_mean(v):  # [N, HW, C] -> [N, 1, C]: the mean over H, W and the channel's group
+        sums = jnp.sum(jnp.sum(v, axis=1).reshape(n, groups, per_group), axis=-1) / count
+        return jnp.repeat(sums, per_group, axis=1)[:, None, :]
+
+    centered = flat - group_mean(flat)
+    inv = jax.lax.rsqrt(group_mean(jnp.square(centered)) + norm.epsilon)
+    y = centered * inv * norm.scale[...] + norm.bias[...]
+    return nnx.silu(y).reshape(x.shape)
+
+
 def _conv(c_in: int, c_out: int, size: int, rngs: nnx.Rngs, **kwargs) -> nnx.Conv:
     return nnx.Conv(c_in, c_out, (size, size), rngs=rngs, **kwargs)
 
@@ -38,8 +58,8 @@ class ResnetBlock(nnx.Module):
         self.shortcut = _conv(c_in, c_out, 1, rngs) if c_in != c_out else None
 
     def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, c_in] -> [N, H, W, c_out]
-        h = self.conv1(nnx.silu(self.norm1(x)))
-        h = self.conv2(nnx.silu(self.norm2(h)))
+        h = self.conv1(norm_silu(self.norm1, x))
+        h = self.conv2(norm_silu(self.norm2, h))
         residual = self.shortcut(x) if self.shortcut is not None else x
         return residual + h
 
@@ -74,9 +94,35 @@ class UpLevel(nnx.Module):
             x = block(x)
         if self.upsample is None:
             return x
-        n, h, w, c = x.shape
-        x = jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, 2, w, 2, c)).reshape(n, 2 * h, 2 * w, c)
-        return self.upsample(x)
+        return upsample_conv(x, self.upsample.kernel[...], self.upsample.bias[...])
+
+
+# Row (and column) taps of a 3x3 SAME conv over a nearest-x2 upsampled image, folded onto the
+# low-resolution image: output row 2i reads input rows (i-1, i, i) through kernel rows (0, 1, 2),
+# row 2i+1 reads (i, i, i+1). _FOLD[a][t, k] = 1 when kernel row k lands on tap t of phase a,
+# where the taps of phase a are low-res rows (i-1+a, i+a).
+_FOLD = np.array([[[1, 0, 0], [0, 1, 1]],
+                  [[1, 1, 0], [0, 0, 1]]], np.float32)  # [phase, tap, kernel row]
+
+
+def upsample_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """conv3x3_SAME(nearest_upsample_x2(x)) without building the upsampled image.
+
+    Each of the four output phases (row parity a, column parity b) is a 2x2 conv of x with kernel
+    taps summed per _FOLD: 4 instead of 9 multiply-adds per output value and input channel.
+    All four run as one 2x2 VALID conv with 4*C_out outputs over x padded by one on every side;
+    phase (a, b) is that output shifted by (a, b). Same sums as the upsampled conv, with the kernel
+    taps that read the same input pixel added first. [N, H, W, Ci] -> [N, 2H, 2W, Co]."""
+    n, h, w, _ = x.shape
+    co = kernel.shape[-1]
+    fold = jnp.asarray(_FOLD)
+    folded = jnp.einsum("aty,bux,yxio->tuiabo", fold, fold, kernel,
+                        precision="highest").reshape(2, 2, kernel.shape[2], 4 * co)
+    y = jax.lax.conv_general_dilated(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), folded, (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))  # [N, H+1, W+1, 4Co]
+    y = y.reshape(n, h + 1, w + 1, 2, 2, co)
+    rows = [jnp.stack([y[:, a:a + h, b:b + w, a, b] for b in (0, 1)], axis=3) for a in (0, 1)]
+    return (jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, co) + bias).astype(x.dtype)
 
 
 class Encoder(nnx.Module):
@@ -97,7 +143,7 @@ class Encoder(nnx.Module):
             x = level(x)
         for block in self.mid:
             x = block(x)
-        return self.conv_out(nnx.silu(self.norm_out(x)))
+        return self.conv_out(norm_silu(self.norm_out, x))
 
 
 class Decoder(nnx.Module):
@@ -120,7 +166,7 @@ class Decoder(nnx.Module):
             x = block(x)
         for level in self.up:
             x = level(x)
-        return self.conv_out(nnx.silu(self.norm_out(x)))
+        return self.conv_out(norm_silu(self.norm_out, x))
 
 
 class VectorQuantizer(nnx.Module):
