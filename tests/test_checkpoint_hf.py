@@ -84,8 +84,8 @@ def test_round_trip(tmp_path, dtype):
 
 
 def test_transformers_loads_our_files(tmp_path):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     params = random_params(CONFIG)
     write_hf(params, tmp_path / "m", CONFIG, shard_bytes=20_000)  # several shards + an index
     assert (tmp_path / "m" / "model.safetensors.index.json").is_file()
@@ -111,8 +111,8 @@ def test_transformers_loads_our_files(tmp_path):
 
 
 def _transformers_model(dtype_name: str):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     torch.manual_seed(0)
     hf_config = transformers.LlamaConfig(vocab_size=97, hidden_size=24, intermediate_size=40,
                                          num_hidden_layers=3, num_attention_heads=3, num_key_value_heads=3,

@@ -7,7 +7,7 @@ from PIL import Image
 from lwm_core.errors import LWMError
 from lwm_core.video import load_media, preprocess_frames, read_video, sample_indices, write_frames
 
-cv2 = pytest.importorskip("cv2")
+import cv2
 
 
 def make_video(path, w=321, h=203, n=37, fps=10.0):

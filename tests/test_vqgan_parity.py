@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers")
+import torch
+import diffusers
 
 from lwm_core.vqgan import VQGAN, VQGANConfig, VQGANTokenizer, load_vqgan  # noqa: E402
 from lwm_core.vqgan.params_diffusers import config_to_diffusers  # noqa: E402
 from lwm_core.vqgan.params_lwm import expected_shapes  # noqa: E402
 
-KEYS_FILE = pathlib.Path("/work/shared/lwm_param_keys.json")
+# LWM's key list; shared/ lies beside the project root (CI lays a copy there).
+KEYS_FILE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "lwm_param_keys.json"
 AMUSED_VQVAE = dict(  # aMUSEd's vqvae config.json, the fields that define the architecture
     in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 5,
     up_block_types=["UpDecoderBlock2D"] * 5, block_out_channels=[128, 256, 256, 512, 768],
