@@ -11,9 +11,8 @@ from rich.table import Table
 
 from lwm_cli.common import console, err_console, handle_errors
 from lwm_cli.convert import SPEC_HELP, progress_bar
-from lwm_core.config import ModelConfig
 from lwm_core.errors import LWMError
-from lwm_core.config import resolve_config
+from lwm_core.config import RANDOM_PREFIX, random_config, resolve_config
 from lwm_core.checkpoint import checkpoint_config, describe_params, parse_spec
 
 
@@ -70,8 +69,8 @@ def info(
     report: dict[str, Any] = {"runtime": runtime_info()}
     if forward is not None and checkpoint is None:
         raise LWMError("--forward needs --checkpoint (a checkpoint spec, or random:PRESET such as random:debug)")
-    if checkpoint is not None and checkpoint.startswith("random:"):
-        model_config = resolve_config(config) or ModelConfig.from_name(checkpoint[len("random:"):])
+    if checkpoint is not None and checkpoint.startswith(RANDOM_PREFIX):
+        model_config = random_config(checkpoint, config)
         report["checkpoint"] = {"path": checkpoint, "format": "random (untrained weights)",
                                 "num_params": model_config.num_params(), "vision": model_config.vision,
                                 "config": model_config.to_dict()}

@@ -7,6 +7,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from lwm_cli.common import console, err_console, fail, handle_errors
+from lwm_core.config import RANDOM_PREFIX
 
 _HELP = """Turn videos and images into VQGAN codes (one .npz per input), or codes back into frames.
 
@@ -41,7 +42,7 @@ def tokenize_video(
         fail("--vqgan is required (a LWM .pkl, a diffusers folder, a .safetensors, or random:tiny)")
     if not out:
         fail("--out is required (a folder for token files, or a .mp4/.gif/.png/folder when decoding)")
-    if vqgan.startswith("random:"):
+    if vqgan.startswith(RANDOM_PREFIX):
         err_console.print(f"[yellow]warning:[/] {vqgan} is an UNTRAINED random VQGAN: codes are "
                           "meaningless outside tests", highlight=False)
 

@@ -165,6 +165,14 @@ class ModelConfig:
         return total
 
 
+RANDOM_PREFIX = "random:"  # `random:PRESET`: untrained random weights, for models and VQGANs alike
+
+
+def random_config(spec: str, config: ModelConfig | str | None = None) -> ModelConfig:
+    """The config of `random:PRESET` (e.g. 'random:debug', 'random:7b-1m') unless one is given."""
+    return resolve_config(config) or ModelConfig.from_name(spec[len(RANDOM_PREFIX):])
+
+
 def resolve_config(config: ModelConfig | str | None, *, vision: bool = False) -> ModelConfig | None:
     """A ModelConfig, a preset name ('7b-1m', 'debug') or a path to a JSON ModelConfig.
 

@@ -5,18 +5,15 @@ from __future__ import annotations
 from flax import nnx
 
 from lwm_core.checkpoint import checkpoint_config, load_params
-from lwm_core.config import ModelConfig, resolve_config
+from lwm_core.config import RANDOM_PREFIX, ModelConfig, random_config
 from lwm_core.errors import LWMError
 from lwm_core.model import LWMModel
 
 
-RANDOM_PREFIX = "random:"
-
-
-def random_model(spec: str, config: ModelConfig | None = None, seed: int = 0, **overrides) -> LWMModel:
+def random_model(spec: str, config: ModelConfig | str | None = None, seed: int = 0, **overrides) -> LWMModel:
     """`random:PRESET` (e.g. `random:debug`, `random:7b-1m`): untrained random weights, to try the
     tools and measure speed without downloading a checkpoint."""
-    config = config or ModelConfig.from_name(spec[len(RANDOM_PREFIX):])
+    config = random_config(spec, config)
     if overrides:
         config = config.replace(**overrides)
     return LWMModel(config, rngs=nnx.Rngs(seed))
@@ -33,7 +30,7 @@ def load_model(checkpoint_spec: str, config: ModelConfig | str | None = None, *,
     `attention_impl="blockwise"`, `dtype="bfloat16"`). Shapes are checked against the config.
     """
     if checkpoint_spec.startswith(RANDOM_PREFIX):
-        return random_model(checkpoint_spec, resolve_config(config), **overrides)
+        return random_model(checkpoint_spec, config, **overrides)
     ckpt = load_params(checkpoint_spec, progress=progress)
     config = checkpoint_config(config, ckpt.params, ckpt.config, str(checkpoint_spec))
     if config is None:

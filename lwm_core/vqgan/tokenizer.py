@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lwm_core.config import RANDOM_PREFIX
 from lwm_core.errors import LWMError
 from lwm_core.vqgan.config import VQGANConfig
 from lwm_core.vqgan.io import read_vqgan
 from lwm_core.vqgan.model import VQGAN, init_vqgan
 from lwm_core.vqgan.params_lwm import lwm_to_model, model_to_lwm, params_digest
 
-RANDOM_PREFIX = "random:"
 
 
 def _bucket(n: int, batch_size: int) -> int:
