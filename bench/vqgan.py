@@ -6,9 +6,10 @@
 1. Encode and decode frames/s: our jitted NNX VQGAN vs diffusers' VQModel (torch) holding the same
    weights (converted through our diffusers writer), same thread count, same frames.
 2. Video read + uniform sampling frames/s: decord vs OpenCV on a 1-minute 480p video made here.
-Measured (full size, batch 4, 2 Zen 4 cores, quiet machine): encode ~1.0x, decode ~1.15x diffusers;
-both sides are conv-bound at ~150-190 GFLOP/s, see docs/vqgan.md (Performance). Run nothing else
-meanwhile: a busy core skews whichever side it lands on.
+Ours runs twice: conv="auto" (Winograd F(4x4, 3x3) for the big 3x3 convs, the default) and
+conv="direct" (lax.conv), with how far each lands from diffusers (codes equal, decoded |diff|).
+Timings are round-robin, best of --repeats; see docs/vqgan.md (Performance) for measured figures.
+Run nothing else meanwhile: a busy core skews whichever side it lands on.
 """
 
 from __future__ import annotations
@@ -21,14 +22,36 @@ import time
 import numpy as np
 
 
-def _rate(fn, n_frames: int, repeats: int) -> float:
-    fn()  # warm-up / compile
-    best = float("inf")
+def _best_rates(fns: dict, n_frames: int, repeats: int) -> dict[str, float]:
+    """frames/s of each fn: min time over `repeats` round-robin rounds after one warm-up each, so a
+    slow spell of the machine hits every side alike."""
+    for fn in fns.values():
+        fn()  # warm-up / compile
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return n_frames / best
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return {name: n_frames / t for name, t in best.items()}
+
+
+def _rate(fn, n_frames: int, repeats: int) -> float:
+    return _best_rates({"fn": fn}, n_frames, repeats)["fn"]
+
+
+def _test_frames(batch: int, r: int) -> np.ndarray:
+    """Smooth colour fields with a few hard edges (more like video than white noise), in [-1, 1]."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:r, 0:r] / r
+    frames = []
+    for _ in range(batch):
+        f = np.stack([np.sin(2 * np.pi * (rng.uniform(0.5, 3) * xx + rng.uniform(0.5, 3) * yy + rng.uniform()))
+                      for _ in range(3)], -1)
+        y0, x0 = rng.integers(0, r // 2, 2)
+        f[y0:y0 + r // 3, x0:x0 + r // 4] = rng.uniform(-1, 1, 3)
+        frames.append(f)
+    return np.clip(np.stack(frames), -1, 1).astype(np.float32)
 
 
 def bench_vqgan(preset: str, batch: int, repeats: int, threads: int) -> None:
@@ -43,14 +66,17 @@ def bench_vqgan(preset: str, batch: int, repeats: int, threads: int) -> None:
     torch.set_num_threads(threads)
     config = VQGANConfig.from_name(preset)
     model = init_vqgan(config, seed=0)
-    ours = VQGANTokenizer(model, identity="bench", source="bench", batch_size=batch)
+    ours = {conv: VQGANTokenizer(model, identity="bench", source="bench", batch_size=batch, conv=conv)
+            for conv in ("auto", "direct")}
     with tempfile.TemporaryDirectory() as tmp:
         write_vqgan(model_to_lwm(model), config, tmp, fmt="diffusers")
         ref = VQModel.from_pretrained(tmp).eval()
     r = config.resolution
-    frames = np.random.default_rng(0).uniform(-1, 1, (batch, r, r, 3)).astype(np.float32)
-    codes = ours.encode(frames)
+    frames = _test_frames(batch, r)
     x_t = torch.from_numpy(frames.transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        _, _, (_, _, ref_idx) = ref.quantize(ref.encode(x_t).latents)
+    codes = ref_idx.numpy().reshape(batch, r // config.downsample_factor, -1).astype(np.int32)
     idx_t = torch.from_numpy(codes.reshape(-1).astype(np.int64))
     shape = (batch, *codes.shape[1:], config.quantized_embed_dim)
 
@@ -61,16 +87,23 @@ def bench_vqgan(preset: str, batch: int, repeats: int, threads: int) -> None:
 
     def ref_decode():
         with torch.no_grad():
-            ref.decode(idx_t, force_not_quantize=True, shape=shape).sample.clamp_(-1, 1)
+            return ref.decode(idx_t, force_not_quantize=True, shape=shape).sample.clamp_(-1, 1)
 
     print(f"VQGAN {preset} {r}x{r} fp32, random weights, batch {batch}, {threads} threads "
-          f"(torch {torch.__version__}, XLA CPU)")
-    results = {}
-    for name, ours_fn, ref_fn in (("encode", lambda: ours.encode(frames), ref_encode),
-                                  ("decode", lambda: ours.decode(codes), ref_decode)):
-        a, b = _rate(ours_fn, batch, repeats), _rate(ref_fn, batch, repeats)
-        results[name] = (a, b)
-        print(f"  {name}: ours {a:7.2f} frames/s   diffusers {b:7.2f} frames/s   ratio {a / b:5.2f}x")
+          f"(torch {torch.__version__}, XLA CPU); ours 'auto' = Winograd 3x3 convs, 'direct' = lax.conv")
+    for name, fns in (("encode", {"diffusers": ref_encode, **{f"ours {c}": (lambda t=t: t.encode(frames))
+                                                              for c, t in ours.items()}}),
+                      ("decode", {"diffusers": ref_decode, **{f"ours {c}": (lambda t=t: t.decode(codes))
+                                                              for c, t in ours.items()}})):
+        rates = _best_rates(fns, batch, repeats)
+        base = rates["diffusers"]
+        print(f"  {name}: " + "   ".join(f"{k} {v:6.2f} frames/s ({v / base:4.2f}x)" for k, v in rates.items()))
+    ref_frames = ref_decode().numpy().transpose(0, 2, 3, 1)
+    for conv, tok in ours.items():
+        same = (tok.encode(frames) == codes).mean()
+        diff = np.abs(tok.decode(codes) - ref_frames).max()
+        print(f"  ours {conv} vs diffusers: codes equal at {100 * same:.2f}% of positions; decoded frames "
+              f"max |diff| {diff:.1e}")
 
 
 def make_test_video(path: str, seconds: int = 60, fps: int = 30, w: int = 854, h: int = 480) -> None:

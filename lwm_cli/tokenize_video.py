@@ -34,6 +34,8 @@ def tokenize_video(
     batch_size: int = typer.Option(8, "--batch-size", help="Frames per VQGAN call."),
     backend: str = typer.Option("auto", "--backend", help="Video reader: auto, decord or opencv."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo files that are already tokenized."),
+    conv: str = typer.Option("auto", "--conv", help="3x3 convolutions: auto (Winograd where it is "
+                             "faster), winograd, or direct (lax.conv; closest to the reference)."),
 ):
     from lwm_core.vqgan import load_vqgan
     from lwm_core.vqgan.pipeline import decode_token_file, plan_tokenize, tokenize_files
@@ -49,7 +51,8 @@ def tokenize_video(
     if decode:
         if inputs:
             fail("--decode takes one token file; do not pass INPUTS as well")
-        files, warning = decode_token_file(decode, lambda cfg: load_vqgan(vqgan, cfg, batch_size=batch_size),
+        files, warning = decode_token_file(decode, lambda cfg: load_vqgan(vqgan, cfg, batch_size=batch_size,
+                                                                            conv=conv),
                                            out, fps=fps)
         if warning:
             err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
@@ -60,9 +63,9 @@ def tokenize_video(
     if not inputs:
         fail("give videos, images or folders to tokenize (or --decode FILE)")
     pairs = plan_tokenize(inputs, out)
-    tok = load_vqgan(vqgan, batch_size=batch_size)
+    tok = load_vqgan(vqgan, batch_size=batch_size, conv=conv)
     console.print(f"VQGAN {tok.identity} ({tok.config.resolution}px -> {tok.config.latent_size}x"
-                  f"{tok.config.latent_size} codes); {len(pairs)} input files", highlight=False)
+                  f"{tok.config.latent_size} codes, {tok.conv} convs); {len(pairs)} input files", highlight=False)
 
     start, frames_done = time.perf_counter(), [0]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -66,6 +66,15 @@ def test_decode_with_another_vqgan_warns(clips, tmp_path):
     assert len(list((tmp_path / "f").glob("frame_*.png"))) == 1
 
 
+def test_conv_choice_reaches_the_tokenizer(clips, tmp_path):
+    codes = {}
+    for conv in ("direct", "winograd"):
+        r = _run(clips / "sub" / "still.png", "--out", tmp_path / conv, "--conv", conv, *VQ)
+        assert r.exit_code == 0 and f"{conv} convs" in r.output, r.output
+        codes[conv] = load_tokens(tmp_path / conv / "still.npz").codes
+    np.testing.assert_array_equal(codes["direct"], codes["winograd"])
+
+
 @pytest.mark.parametrize("args, message", [
     (["{empty}", "--out", "{tmp}/t", *VQ], "no videos or images in this folder"),
     (["{clips}/shapes.mp4", "--out", "{tmp}/t", "--vqgan", "/no/such.pkl"], "VQGAN weights not found"),
@@ -73,6 +82,7 @@ def test_decode_with_another_vqgan_warns(clips, tmp_path):
     (["{tmp}/nothing.mp4", "--out", "{tmp}/t", *VQ], "no such file"),
     (["--decode", "{tmp}/none.npz", "--out", "{tmp}/x.mp4", *VQ], "no such token file"),
     (["{clips}", "--out", "{tmp}/t"], "--vqgan is required"),
+    (["{clips}/sub/still.png", "--out", "{tmp}/t", "--conv", "fast", *VQ], "unknown VQGAN conv implementation"),
 ])
 def test_bad_input_is_one_line_and_exit_2(clips, tmp_path, args, message):
     (tmp_path / "empty").mkdir()

@@ -58,14 +58,21 @@ def _nchw(x):
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
-def test_encoder_latents_and_codes_match_diffusers(pair):
+# "winograd" forces F(4x4, 3x3) wherever a level's size divides by 4 (here 48x80, 24x40, 12x20);
+# "auto" would leave frames this small to the direct conv.
+CONVS = ["direct", "winograd"]
+
+
+@pytest.mark.parametrize("conv", CONVS)
+def test_encoder_latents_and_codes_match_diffusers(pair, conv):
     ref, tok = pair
+    tok = VQGANTokenizer(tok.model, identity=tok.identity, source=tok.source, conv=conv)
     x = _frames()
     with torch.no_grad():
         ref_latents = ref.encode(_nchw(x)).latents  # [N, D, h, w], after quant_conv
         _, _, (_, _, ref_idx) = ref.quantize(ref_latents)
     ref_latents = ref_latents.numpy().transpose(0, 2, 3, 1)
-    ours = np.asarray(nnx.jit(lambda m, v: m.encode_latents(v))(tok.model, x))
+    ours = np.asarray(nnx.jit(lambda m, v: m.encode_latents(v, conv))(tok.model, x))
     np.testing.assert_allclose(ours, ref_latents, atol=1e-4, rtol=0)
 
     codes = tok.encode(x)  # [N, h, w]
@@ -82,14 +89,16 @@ def test_encoder_latents_and_codes_match_diffusers(pair):
     assert len(np.unique(codes)) > 3  # the codebook is actually being searched
 
 
-def test_decode_from_same_indices_matches_diffusers(pair):
+@pytest.mark.parametrize("conv", CONVS)
+def test_decode_from_same_indices_matches_diffusers(pair, conv):
     ref, tok = pair
+    tok = VQGANTokenizer(tok.model, identity=tok.identity, source=tok.source, conv=conv)
     codes = np.random.default_rng(1).integers(0, TINY.num_embeddings, (2, 3, 4)).astype(np.int32)
     with torch.no_grad():
         shape = (2, 3, 4, TINY.quantized_embed_dim)
         ref_out = ref.decode(torch.from_numpy(codes.reshape(-1)).long(), force_not_quantize=True,
                              shape=shape).sample.numpy().transpose(0, 2, 3, 1)
-    raw = np.asarray(nnx.jit(lambda m, c: m.decode_quantized(m.quantize.lookup(c)))(tok.model, codes))
+    raw = np.asarray(nnx.jit(lambda m, c: m.decode_quantized(m.quantize.lookup(c), conv))(tok.model, codes))
     assert raw.shape == (2, 48, 64, 3)
     np.testing.assert_allclose(raw, ref_out, atol=1e-4, rtol=0)
     np.testing.assert_allclose(tok.decode(codes), np.clip(ref_out, -1, 1), atol=1e-4, rtol=0)

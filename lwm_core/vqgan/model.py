@@ -14,7 +14,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lwm_core.errors import LWMError
+from lwm_core.vqgan import winograd
 from lwm_core.vqgan.config import VQGANConfig
+
+CONV_IMPLS = ("auto", "winograd", "direct")
+# "auto" takes Winograd where it paid on a 2-core Zen 4 (docs/vqgan.md): inputs of at least 32x32
+# and at least 128 channels in and out (1.2-2.3x faster than lax.conv). Smaller frames are a few
+# tiles that re-read the 36 transformed kernels (4x the weights) for little work (16x16, 768
+# channels: 0.5x); fewer channels leave the transforms, not the matmuls, doing the work (64: 1.0x,
+# 16: 0.45x).
+WINOGRAD_MIN_PIXELS = 32 * 32
+WINOGRAD_MIN_CHANNELS = 128
 
 
 def _group_norm(channels: int, config: VQGANConfig, rngs: nnx.Rngs) -> nnx.GroupNorm:
@@ -47,6 +58,30 @@ def _conv(c_in: int, c_out: int, size: int, rngs: nnx.Rngs, **kwargs) -> nnx.Con
     return nnx.Conv(c_in, c_out, (size, size), rngs=rngs, **kwargs)
 
 
+def check_conv_impl(conv: str) -> str:
+    if conv not in CONV_IMPLS:
+        raise LWMError(f"unknown VQGAN conv implementation {conv!r}; choose from {', '.join(CONV_IMPLS)}")
+    return conv
+
+
+def conv3x3(layer: nnx.Conv, x: jax.Array, *, residual: jax.Array | None = None, upsample: bool = False,
+            conv: str = "auto") -> jax.Array:
+    """layer(x) (+ residual) for a 3x3 stride-1 SAME conv, x nearest-x2 upsampled first when
+    `upsample`. conv: "direct" (lax.conv; the upsampled case as `upsample_conv`), "winograd"
+    (F(4x4, 3x3) wherever the output divides into 4x4 tiles) or "auto" (Winograd for inputs of
+    at least WINOGRAD_MIN_PIXELS and WINOGRAD_MIN_CHANNELS)."""
+    kernel, bias = layer.kernel[...], layer.bias[...]
+    scale = 2 if upsample else 1
+    out_h, out_w = x.shape[1] * scale, x.shape[2] * scale
+    use_winograd = winograd.supports(out_h, out_w) and (
+        conv == "winograd" or (conv == "auto" and x.shape[1] * x.shape[2] >= WINOGRAD_MIN_PIXELS
+                               and min(kernel.shape[2:]) >= WINOGRAD_MIN_CHANNELS))
+    if use_winograd:
+        return winograd.winograd_conv3x3(x, kernel, bias, residual=residual, upsample=upsample)
+    y = upsample_conv(x, kernel, bias) if upsample else layer(x)
+    return y if residual is None else residual + y
+
+
 class ResnetBlock(nnx.Module):
     """GN -> SiLU -> conv3x3 -> GN -> SiLU -> conv3x3, plus a 1x1 conv shortcut when widths differ."""
 
@@ -57,11 +92,10 @@ class ResnetBlock(nnx.Module):
         self.conv2 = _conv(c_out, c_out, 3, rngs)
         self.shortcut = _conv(c_in, c_out, 1, rngs) if c_in != c_out else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, c_in] -> [N, H, W, c_out]
-        h = self.conv1(norm_silu(self.norm1, x))
-        h = self.conv2(norm_silu(self.norm2, h))
+    def __call__(self, x: jax.Array, conv: str = "auto") -> jax.Array:  # [N, H, W, c_in] -> [N, H, W, c_out]
+        h = conv3x3(self.conv1, norm_silu(self.norm1, x), conv=conv)
         residual = self.shortcut(x) if self.shortcut is not None else x
-        return residual + h
+        return conv3x3(self.conv2, norm_silu(self.norm2, h), residual=residual, conv=conv)
 
 
 class DownLevel(nnx.Module):
@@ -74,9 +108,9 @@ class DownLevel(nnx.Module):
         self.downsample = (_conv(c_out, c_out, 3, rngs, strides=2, padding=((0, 1), (0, 1)))
                            if downsample else None)
 
-    def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, c_in] -> [N, H/2, W/2, c_out]
+    def __call__(self, x: jax.Array, conv: str = "auto") -> jax.Array:  # [N, H, W, c_in] -> [N, H/2, W/2, c_out]
         for block in self.resnets:
-            x = block(x)
+            x = block(x, conv)
         return self.downsample(x) if self.downsample is not None else x
 
 
@@ -89,12 +123,12 @@ class UpLevel(nnx.Module):
         self.resnets = nnx.List([ResnetBlock(a, b, config, rngs=rngs) for a, b in itertools.pairwise(widths)])
         self.upsample = _conv(c_out, c_out, 3, rngs) if upsample else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, c_in] -> [N, 2H, 2W, c_out]
+    def __call__(self, x: jax.Array, conv: str = "auto") -> jax.Array:  # [N, H, W, c_in] -> [N, 2H, 2W, c_out]
         for block in self.resnets:
-            x = block(x)
+            x = block(x, conv)
         if self.upsample is None:
             return x
-        return upsample_conv(x, self.upsample.kernel[...], self.upsample.bias[...])
+        return conv3x3(self.upsample, x, upsample=True, conv=conv)
 
 
 # Row (and column) taps of a 3x3 SAME conv over a nearest-x2 upsampled image, folded onto the
@@ -137,12 +171,12 @@ class Encoder(nnx.Module):
         self.norm_out = _group_norm(widths[-1], config, rngs)
         self.conv_out = _conv(widths[-1], config.z_channels, 3, rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, 3] -> [N, H/f, W/f, z_channels]
-        x = self.conv_in(x)
+    def __call__(self, x: jax.Array, conv: str = "auto") -> jax.Array:  # [N, H, W, 3] -> [N, H/f, W/f, z]
+        x = self.conv_in(x)  # 3 input channels: direct (a Winograd matmul with K=3 is all overhead)
         for level in self.down:
-            x = level(x)
+            x = level(x, conv)
         for block in self.mid:
-            x = block(x)
+            x = block(x, conv)
         return self.conv_out(norm_silu(self.norm_out, x))
 
 
@@ -160,13 +194,13 @@ class Decoder(nnx.Module):
         self.norm_out = _group_norm(widths[-1], config, rngs)
         self.conv_out = _conv(widths[-1], config.num_channels, 3, rngs)
 
-    def __call__(self, z: jax.Array) -> jax.Array:  # [N, h, w, z_channels] -> [N, h*f, w*f, 3], unclipped
+    def __call__(self, z: jax.Array, conv: str = "auto") -> jax.Array:  # [N, h, w, z] -> [N, h*f, w*f, 3], unclipped
         x = self.conv_in(z)
         for block in self.mid:
-            x = block(x)
+            x = block(x, conv)
         for level in self.up:
-            x = level(x)
-        return self.conv_out(norm_silu(self.norm_out, x))
+            x = level(x, conv)
+        return self.conv_out(norm_silu(self.norm_out, x))  # 3 output channels: direct
 
 
 class VectorQuantizer(nnx.Module):
@@ -202,20 +236,23 @@ class VQGAN(nnx.Module):
         self.post_quant_conv = _conv(config.quantized_embed_dim, config.z_channels, 1, rngs)
         self.decoder = Decoder(config, rngs=rngs)
 
-    def encode_latents(self, frames: jax.Array) -> jax.Array:  # [N, H, W, 3] -> [N, h, w, D]
+    # `conv` picks the 3x3 convolution algorithm (see `conv3x3`); all give the same function up to
+    # fp32 rounding (Winograd: ~1e-5 relative, see winograd.py).
+
+    def encode_latents(self, frames: jax.Array, conv: str = "auto") -> jax.Array:  # [N, H, W, 3] -> [N, h, w, D]
         """Encoder + quant_conv: what diffusers' `VQModel.encode` returns (before quantisation)."""
-        return self.quant_conv(self.encoder(frames))
+        return self.quant_conv(self.encoder(frames, check_conv_impl(conv)))
 
-    def encode(self, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def encode(self, frames: jax.Array, conv: str = "auto") -> tuple[jax.Array, jax.Array]:
         """frames [N, H, W, 3] in [-1, 1] -> (quantized [N, h, w, D], indices [N, h, w] int32)."""
-        return self.quantize(self.encode_latents(frames))
+        return self.quantize(self.encode_latents(frames, conv))
 
-    def decode_quantized(self, quantized: jax.Array) -> jax.Array:  # [N, h, w, D] -> [N, H, W, 3]
+    def decode_quantized(self, quantized: jax.Array, conv: str = "auto") -> jax.Array:  # [N, h, w, D] -> [N, H, W, 3]
         """post_quant_conv + decoder, not clipped (what diffusers' `VQModel.decode` returns)."""
-        return self.decoder(self.post_quant_conv(quantized))
+        return self.decoder(self.post_quant_conv(quantized), check_conv_impl(conv))
 
-    def decode(self, indices: jax.Array) -> jax.Array:  # [N, h, w] int -> [N, H, W, 3] in [-1, 1]
-        return jnp.clip(self.decode_quantized(self.quantize.lookup(indices)), -1.0, 1.0)
+    def decode(self, indices: jax.Array, conv: str = "auto") -> jax.Array:  # [N, h, w] int -> [N, H, W, 3]
+        return jnp.clip(self.decode_quantized(self.quantize.lookup(indices), conv), -1.0, 1.0)
 
 
 def init_vqgan(config: VQGANConfig, seed: int = 0) -> VQGAN:
