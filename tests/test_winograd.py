@@ -55,13 +55,19 @@ def test_conv_matches_reference(band_rows, with_residual):
     np.testing.assert_allclose(np.asarray(out), want, rtol=0, atol=ATOL)
 
 
-@pytest.mark.parametrize("band_rows", [1, 2, 4])  # 2 tile rows a band: bands meet mid-pixel-pair
+@pytest.mark.parametrize("band_rows", [1, 2, 4, None])  # 2: bands meet mid-pixel-pair; None: 3 frames a band
 def test_upsampling_conv_matches_reference(band_rows):
     x, kernel, bias, residual = _data(3, 8, 6, 16, 16, seed=1, scale=2)  # -> 16 x 12 output
     out = winograd_conv3x3(jnp.asarray(x), kernel, bias, upsample=True, band_rows=band_rows)
     want = _reference(x, kernel, bias, upsample=True)
     assert out.shape == (3, 16, 12, 16)
     np.testing.assert_allclose(np.asarray(out), want, rtol=0, atol=ATOL)
+
+
+def test_bands_of_several_frames():
+    x, kernel, bias, residual = _data(8, 32, 32, 8, 8, seed=4)  # 64 tiles a frame: 4 frames a band, 2 bands
+    out = winograd_conv3x3(jnp.asarray(x), kernel, bias, residual=residual)
+    np.testing.assert_allclose(np.asarray(out), _reference(x, kernel, bias, residual), rtol=0, atol=ATOL)
 
 
 def test_smallest_frames_whole_frame_bands():
@@ -80,3 +86,22 @@ def test_sizes_that_do_not_tile_are_refused():
         winograd_conv3x3(jnp.asarray(x), kernel, bias)
     with pytest.raises(ValueError, match="band_rows 3 must divide"):
         winograd_conv3x3(jnp.asarray(_data(1, 8, 8, 4, 4)[0]), kernel, bias, band_rows=3)
+
+
+@pytest.mark.parametrize("size, channels, upsample, expect", [
+    (32, 128, False, True),    # big enough: Winograd (a loop over bands)
+    (16, 128, False, False),   # too few pixels
+    (32, 32, False, False),    # too few channels
+    (32, 128, True, True),     # upsampling conv reads the 32x32 input
+    (16, 128, True, False),
+])
+def test_auto_picks_winograd_for_big_convs_on_cpu(size, channels, upsample, expect):
+    from flax import nnx
+
+    from lwm_core.vqgan.model import conv3x3
+
+    layer = nnx.Conv(channels, channels, (3, 3), rngs=nnx.Rngs(0))
+    x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
+    jaxpr = str(jax.make_jaxpr(lambda v: conv3x3(layer, v, upsample=upsample, conv="auto"))(x))
+    assert ("scan" in jaxpr or "while" in jaxpr) == expect  # the band loop
+    assert ("conv_general_dilated" in jaxpr) == (not expect)

@@ -20,12 +20,11 @@ from lwm_core.vqgan.config import VQGANConfig
 
 CONV_IMPLS = ("auto", "winograd", "direct")
 # "auto" takes Winograd where it paid on a 2-core Zen 4 (docs/vqgan.md): inputs of at least 32x32
-# and at least 128 channels in and out (1.2-2.3x faster than lax.conv). Smaller frames are a few
+# and at least 64 channels in and out (1.4-2.9x faster than lax.conv). Smaller frames are a few
 # tiles that re-read the 36 transformed kernels (4x the weights) for little work (16x16, 768
-# channels: 0.5x); fewer channels leave the transforms, not the matmuls, doing the work (64: 1.0x,
-# 16: 0.45x).
+# channels: 0.5x); with fewer channels the transforms, not the matmuls, do the work (32: 0.5-1.8x).
 WINOGRAD_MIN_PIXELS = 32 * 32
-WINOGRAD_MIN_CHANNELS = 128
+WINOGRAD_MIN_CHANNELS = 64
 
 
 def _group_norm(channels: int, config: VQGANConfig, rngs: nnx.Rngs) -> nnx.GroupNorm:
@@ -64,18 +63,24 @@ def check_conv_impl(conv: str) -> str:
     return conv
 
 
+def _winograd_pays(pixels: int, channels: int) -> bool:
+    """The "auto" rule. Only on a CPU: there the band loop keeps the transforms in cache; a GPU's
+    library convolution is another matter (and the loop's many small kernels would cost there)."""
+    return (jax.default_backend() == "cpu" and pixels >= WINOGRAD_MIN_PIXELS
+            and channels >= WINOGRAD_MIN_CHANNELS)
+
+
 def conv3x3(layer: nnx.Conv, x: jax.Array, *, residual: jax.Array | None = None, upsample: bool = False,
             conv: str = "auto") -> jax.Array:
     """layer(x) (+ residual) for a 3x3 stride-1 SAME conv, x nearest-x2 upsampled first when
     `upsample`. conv: "direct" (lax.conv; the upsampled case as `upsample_conv`), "winograd"
-    (F(4x4, 3x3) wherever the output divides into 4x4 tiles) or "auto" (Winograd for inputs of
-    at least WINOGRAD_MIN_PIXELS and WINOGRAD_MIN_CHANNELS)."""
+    (F(4x4, 3x3) wherever the output divides into 4x4 tiles) or "auto" (on a CPU, Winograd for
+    inputs of at least WINOGRAD_MIN_PIXELS and WINOGRAD_MIN_CHANNELS; elsewhere direct)."""
     kernel, bias = layer.kernel[...], layer.bias[...]
     scale = 2 if upsample else 1
     out_h, out_w = x.shape[1] * scale, x.shape[2] * scale
     use_winograd = winograd.supports(out_h, out_w) and (
-        conv == "winograd" or (conv == "auto" and x.shape[1] * x.shape[2] >= WINOGRAD_MIN_PIXELS
-                               and min(kernel.shape[2:]) >= WINOGRAD_MIN_CHANNELS))
+        conv == "winograd" or (conv == "auto" and _winograd_pays(x.shape[1] * x.shape[2], min(kernel.shape[2:]))))
     if use_winograd:
         return winograd.winograd_conv3x3(x, kernel, bias, residual=residual, upsample=upsample)
     y = upsample_conv(x, kernel, bias) if upsample else layer(x)
