@@ -74,6 +74,11 @@ def test_smallest_frames_whole_frame_bands():
     x, kernel, bias, _ = _data(2, 4, 4, 8, 8, seed=2)  # one 4x4 tile a frame
     np.testing.assert_allclose(np.asarray(winograd_conv3x3(jnp.asarray(x), kernel, bias)),
                                _reference(x, kernel, bias), rtol=0, atol=ATOL)
+    small, kernel, bias, _ = _data(2, 4, 4, 8, 8, seed=5)  # 4x4 -> 8x8 in bands of 1 tile row:
+    for band_rows in (1, 2):  # 4 source rows a band (as many as the image), then whole frames
+        np.testing.assert_allclose(
+            np.asarray(winograd_conv3x3(jnp.asarray(small), kernel, bias, upsample=True, band_rows=band_rows)),
+            _reference(small, kernel, bias, upsample=True), rtol=0, atol=ATOL)
     up, kernel, bias, _ = _data(1, 2, 2, 8, 8, seed=3)  # 2x2 -> one 4x4 tile
     np.testing.assert_allclose(np.asarray(winograd_conv3x3(jnp.asarray(up), kernel, bias, upsample=True)),
                                _reference(up, kernel, bias, upsample=True), rtol=0, atol=ATOL)

@@ -7,10 +7,10 @@ instead of 9: each input tile d and each kernel g are transformed (V = B^T d B, 
 output is Y = A^T M A. The transforms are additions with small constants; the matmuls carry the
 work. On a CPU the catch is memory, not arithmetic: V and M are 2.25x the size of the input, and a
 whole-image V/M round trip through RAM costs more than the multiplies saved. So the convolution
-runs as a loop over bands of tile rows of one frame (`_band_rows`: ~256 tiles a band), each band's
-V and M living in cache, the halo rows and the zero padding made inside the loop, and each band's
-output written in place into the result (which starts as the residual when there is one, so a
-ResNet's `x + conv(h)` costs no extra pass).
+runs as a loop over bands of ~256 tiles (`_band_shape`: tile rows of one frame, or several whole
+small frames), each band's V and M living in cache, the halo rows, zero padding and nearest-x2
+upsampling made inside the loop, and each band's output written in place into the result (which
+starts as the residual when there is one, so a ResNet's `x + conv(h)` costs no extra pass).
 
 Interpolation points 0, 1, -1, 1/2, -2 (and infinity) rather than the usual +-2: in fp32 their
 largest error over a 256-channel conv is ~2.4e-5 against a float64 reference, vs ~6.9e-5 for +-2
@@ -91,9 +91,9 @@ def _fetch_band(x: jax.Array, frame: jax.Array, frames: int, first: jax.Array, c
     """Rows first .. first+count-1 of frames frame .. frame+frames-1 of x, zero outside the image,
     padded by one zero column each side: [frames, count, W + 2, C]."""
     _, h, w, c = x.shape
-    if count >= h:  # the band spans whole frames (plus the padding rows)
+    if count > h:  # whole frames: count is h + 2 (a band's rows divide h, so nothing in between)
         raw = jax.lax.dynamic_slice_in_dim(x, frame, frames)
-        band = jnp.pad(raw, ((0, 0), (1, count - h - 1), (0, 0), (0, 0)))
+        band = jnp.pad(raw, ((0, 0), (1, 1), (0, 0), (0, 0)))
     else:  # read in bounds, then shift by the rows that fall outside into zero padding
         clamped = jnp.clip(first, 0, h - count)
         raw = jax.lax.dynamic_slice(x, (frame, clamped, 0, 0), (frames, count, w, c))
