@@ -2,6 +2,7 @@
 
     python bench/vqgan.py                 # full-size 256x256 VQGAN, fp32, random weights
     python bench/vqgan.py --preset tiny   # quick smoke run
+    python bench/vqgan.py --convs         # single 3x3 convs: Winograd vs lax.conv (YNNPACK / Eigen)
 
 1. Encode and decode frames/s: our jitted NNX VQGAN vs diffusers' VQModel (torch) holding the same
    weights (converted through our diffusers writer), same thread count, same frames.
@@ -137,6 +138,51 @@ def bench_video(max_n_frames: int, repeats: int) -> None:
                   f"{rates['opencv']:8.1f} frames/s   ({count} frames)")
 
 
+# (input side, C_in, C_out, upsample) of the full-size VQGAN's 3x3 convs, plus channel counts that
+# show where "auto" stops taking Winograd.
+CONV_SHAPES = [(256, 128, 128, False), (256, 256, 128, False), (128, 128, 256, False), (128, 256, 256, False),
+               (64, 256, 256, False), (32, 512, 512, False), (16, 768, 768, False), (128, 256, 256, True),
+               (64, 256, 256, True), (32, 512, 512, True), (16, 768, 768, True), (256, 64, 64, False),
+               (256, 32, 32, False), (64, 32, 32, False)]
+
+
+def bench_convs(batch: int, repeats: int) -> None:
+    """One 3x3 conv at a time: lax.conv with XLA's default (YNNPACK) and with the Eigen path the
+    tokenizer asks for, and our Winograd (Eigen), with its max |diff| from the Eigen lax.conv."""
+    import jax
+    import jax.numpy as jnp
+
+    from lwm_core.vqgan.model import upsample_conv
+    from lwm_core.vqgan.tokenizer import compiler_options
+    from lwm_core.vqgan.winograd import winograd_conv3x3
+
+    def direct(x, kernel, bias, up):
+        if up:
+            return upsample_conv(x, kernel, bias)
+        dims = ("NHWC", "HWIO", "NHWC")
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=dims) + bias
+
+    print(f"3x3 convs, batch {batch}, fp32 (ms, best of {repeats} round-robin; 'up' = nearest-x2 upsample first)")
+    for side, c_in, c_out, up in CONV_SHAPES:
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.standard_normal((batch, side, side, c_in), np.float32))
+        kernel = jnp.asarray(rng.standard_normal((3, 3, c_in, c_out), np.float32) / np.sqrt(9 * c_in))
+        bias = jnp.asarray(rng.standard_normal(c_out, np.float32))
+        eigen = compiler_options()
+        fns = {"lax.conv ynnpack": jax.jit(lambda x, k, b, up=up: direct(x, k, b, up)),
+               "lax.conv eigen": jax.jit(lambda x, k, b, up=up: direct(x, k, b, up), compiler_options=eigen),
+               "winograd": jax.jit(lambda x, k, b, up=up: winograd_conv3x3(x, k, b, upsample=up),
+                                   compiler_options=eigen)}
+        args = (x, kernel, bias)
+        diff = float(jnp.max(jnp.abs(fns["winograd"](*args) - fns["lax.conv eigen"](*args))))
+        timed = {k: (lambda f=f, a=args: f(*a).block_until_ready()) for k, f in fns.items()}
+        rates = _best_rates(timed, 1, repeats)
+        ms = {k: 1e3 / v for k, v in rates.items()}
+        print(f"  {side:3d}px {c_in:3d}->{c_out:3d}{' up' if up else '   '}: "
+              + "  ".join(f"{k} {v:7.1f}" for k, v in ms.items())
+              + f"   winograd {ms['lax.conv eigen'] / ms['winograd']:4.2f}x of eigen   max|diff| {diff:.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="full")
@@ -145,7 +191,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--max-frames", type=int, default=32)
     parser.add_argument("--skip-video", action="store_true")
+    parser.add_argument("--convs", action="store_true", help="only time single 3x3 convs (Winograd vs lax.conv)")
     args = parser.parse_args()
+    if args.convs:
+        bench_convs(args.batch, args.repeats)
+        return
     bench_vqgan(args.preset, args.batch, args.repeats, args.threads)
     if not args.skip_video:
         bench_video(args.max_frames, args.repeats)

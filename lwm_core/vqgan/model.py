@@ -19,10 +19,10 @@ from lwm_core.vqgan import winograd
 from lwm_core.vqgan.config import VQGANConfig
 
 CONV_IMPLS = ("auto", "winograd", "direct")
-# "auto" takes Winograd where it paid on a 2-core Zen 4 (docs/vqgan.md): inputs of at least 32x32
-# and at least 64 channels in and out (1.4-2.9x faster than lax.conv). Smaller frames are a few
-# tiles that re-read the 36 transformed kernels (4x the weights) for little work (16x16, 768
-# channels: 0.5x); with fewer channels the transforms, not the matmuls, do the work (32: 0.5-1.8x).
+# "auto" takes Winograd where it paid on a 2-core Zen 4 (`python bench/vqgan.py --convs`): inputs of
+# at least 32x32 and at least 64 channels in and out (1.3-2.9x faster than lax.conv). Smaller frames
+# are a few tiles that re-read the 36 transformed kernels (4x the weights) for little work (16x16,
+# 768 channels: 0.6x); with fewer channels the transforms, not the matmuls, do the work (32: 1.0x).
 WINOGRAD_MIN_PIXELS = 32 * 32
 WINOGRAD_MIN_CHANNELS = 64
 
