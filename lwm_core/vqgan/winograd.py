@@ -149,11 +149,9 @@ def winograd_conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = N
     if not supports(out_h, out_w):
         raise ValueError(f"Winograd F(4x4, 3x3) needs an output size divisible by 4, got {out_h}x{out_w}")
     tile_rows, tile_cols = out_h // TILE, out_w // TILE
-    frames, rows = _band_shape(n, tile_rows, tile_cols)
-    if band_rows is not None:
-        if tile_rows % band_rows:
-            raise ValueError(f"band_rows {band_rows} must divide the {tile_rows} tile rows")
-        frames, rows = 1, band_rows
+    if band_rows is not None and tile_rows % band_rows:
+        raise ValueError(f"band_rows {band_rows} must divide the {tile_rows} tile rows")
+    frames, rows = (1, band_rows) if band_rows is not None else _band_shape(n, tile_rows, tile_cols)
     bands = tile_rows // rows  # per frame group
     u = jax.lax.optimization_barrier(transform_kernel(kernel))  # computed once, not per band
     b = jnp.zeros((c_out,), x.dtype) if bias is None else bias.astype(x.dtype)
