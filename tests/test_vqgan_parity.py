@@ -15,8 +15,9 @@ from lwm_core.vqgan import VQGAN, VQGANConfig, VQGANTokenizer, load_vqgan  # noq
 from lwm_core.vqgan.params_diffusers import config_to_diffusers  # noqa: E402
 from lwm_core.vqgan.params_lwm import expected_shapes  # noqa: E402
 
-# LWM's key list; shared/ lies beside the project root (CI lays a copy there).
-KEYS_FILE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "lwm_param_keys.json"
+# LWM's key list, read off LWM's own code (no weights); tests/data/lwm_param_keys.json is a copy of the
+# project's shared facts file, kept in the repository so that a bare clone passes.
+KEYS_FILE = pathlib.Path(__file__).resolve().parent / "data" / "lwm_param_keys.json"
 AMUSED_VQVAE = dict(  # aMUSEd's vqvae config.json, the fields that define the architecture
     in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 5,
     up_block_types=["UpDecoderBlock2D"] * 5, block_out_channels=[128, 256, 256, 512, 768],
