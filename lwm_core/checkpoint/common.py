@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import ml_dtypes
 import numpy as np
 
 from lwm_core.errors import LWMError
+from lwm_core.fileio import atomic_path as atomic_path  # re-exported: the checkpoint writers import it from here
 
 # progress(done, total, what): `done`/`total` are bytes (total 0 when unknown), `what` the current item.
 ProgressFn = Callable[[int, int, str], None]
@@ -50,41 +46,6 @@ def little_endian(array: np.ndarray) -> np.ndarray:
         array = array.astype(array.dtype.newbyteorder("<"))
     # Not np.ascontiguousarray: it turns a 0-d array into shape (1,).
     return array if array.flags.c_contiguous else array.copy(order="C")
-
-
-def _temp_sibling(dst: Path) -> Path:
-    # Same folder as dst so that the final rename is atomic (never across file systems).
-    return dst.parent / f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-@contextlib.contextmanager
-def atomic_path(dst: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary path beside `dst`; on success rename it onto `dst`, on failure remove it.
-
-    Works for files and folders. A reader never sees a half-written `dst`: either the old one (until
-    the rename) or the complete new one.
-    """
-    dst = Path(dst)
-    if not dst.parent.is_dir():
-        raise LWMError(f"cannot write {dst}: folder {dst.parent} does not exist")
-    if dst.exists() and not overwrite:
-        raise LWMError(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
-    tmp = _temp_sibling(dst)
-    try:
-        yield tmp
-        if dst.is_dir() and not dst.is_symlink():
-            # os.replace cannot replace a non-empty folder: move the old one aside first.
-            old = _temp_sibling(dst)
-            os.replace(dst, old)
-            os.replace(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
 
 
 def flatten_tree(tree, prefix: str = "") -> dict:
