@@ -2,6 +2,10 @@
 
 Field names follow LWM's `LLaMAConfig` / `VideoLLaMAConfig` where they exist (`vocab_size`,
 `hidden_size`, `scan_query_chunk_size`, ...); LWM's `theta` is called `rope_theta` here.
+
+The fields fall into two groups. `ARCHITECTURE_FIELDS` say what the model is: a checkpoint stores
+them and they must not change silently. `RUN_FIELDS` say how it is run this time (dtypes,
+attention implementation, chunk sizes, layout, remat, scan): they are never stored in a checkpoint.
 """
 
 from __future__ import annotations
@@ -34,6 +38,18 @@ CONTEXTS: dict[str, tuple[float, int]] = {
     "1m": (5e7, 1048576),
 }
 VISION_ROPE_THETA = 5e7
+
+# What the model is: stored with a checkpoint (orbax `lwm_config.json`, HF `config.json`).
+ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                       "num_attention_heads", "max_sequence_length", "rms_norm_eps", "initializer_range",
+                       "rope_theta", "bos_token_id", "eos_token_id", "vision", "vision_vocab_size")
+# How it is run this time: taken from the caller, never from (or into) a checkpoint.
+RUN_FIELDS = ("dtype", "param_dtype", "attention_impl", "scan_query_chunk_size", "scan_key_chunk_size",
+              "scan_mlp_chunk_size", "sequence_layout", "remat_block", "scan_layers")
+# Architecture fields a caller may change on purpose on top of a checkpoint's config (extend-context).
+CHANGEABLE_FIELDS = ("rope_theta", "max_sequence_length")
+# Architecture fields that only matter for random initialisation, so a checkpoint need not agree on them.
+INIT_ONLY_FIELDS = ("initializer_range",)
 
 ATTENTION_IMPLS = ("plain", "blockwise", "ring")
 SEQUENCE_LAYOUTS = ("contiguous", "striped", "zigzag")
@@ -138,7 +154,16 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field, architecture and run options alike."""
         return dataclasses.asdict(self)
+
+    def architecture(self) -> dict[str, Any]:
+        """What the model is (`ARCHITECTURE_FIELDS`): what a checkpoint stores."""
+        return {name: getattr(self, name) for name in ARCHITECTURE_FIELDS}
+
+    def run_options(self) -> dict[str, Any]:
+        """How the model is run (`RUN_FIELDS`): never stored with a checkpoint."""
+        return {name: getattr(self, name) for name in RUN_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -148,8 +173,10 @@ class ModelConfig:
             raise LWMError(f"unknown ModelConfig fields {unknown}")
         return cls(**data)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+    def to_json(self, *, run_options: bool = True) -> str:
+        """JSON of every field; `run_options=False` writes the architecture only (for checkpoints)."""
+        data = self.to_dict() if run_options else self.architecture()
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
@@ -165,11 +192,34 @@ class ModelConfig:
         return total
 
 
+if set(ARCHITECTURE_FIELDS) | set(RUN_FIELDS) != {f.name for f in dataclasses.fields(ModelConfig)} or \
+        set(ARCHITECTURE_FIELDS) & set(RUN_FIELDS):  # a new field must be put in exactly one group
+    raise AssertionError("ModelConfig fields must be split exactly into ARCHITECTURE_FIELDS and RUN_FIELDS")
+
+
+def check_changes(changes: dict[str, Any] | None) -> dict[str, Any]:
+    """`changes` without None values, typed, keys checked to be among `CHANGEABLE_FIELDS`."""
+    changes = {k: v for k, v in (changes or {}).items() if v is not None}
+    unknown = sorted(set(changes) - set(CHANGEABLE_FIELDS))
+    if unknown:
+        raise LWMError(f"cannot change {', '.join(unknown)} of a model's config; only "
+                       f"{', '.join(CHANGEABLE_FIELDS)} may be changed on purpose")
+    return {k: float(v) if k == "rope_theta" else int(v) for k, v in changes.items()}
+
+
+def apply_changes(config: ModelConfig, changes: dict[str, Any] | None) -> ModelConfig:
+    """`config` with `changes` (keys among `CHANGEABLE_FIELDS`; None values ignored) applied: the
+    architecture changed on purpose, e.g. rope_theta and max_sequence_length for extend-context."""
+    changes = check_changes(changes)
+    return config.replace(**changes) if changes else config
+
+
 RANDOM_PREFIX = "random:"  # `random:PRESET`: untrained random weights, for models and VQGANs alike
 
 
 def random_config(spec: str, config: ModelConfig | str | None = None) -> ModelConfig:
-    """The config of `random:PRESET` (e.g. 'random:debug', 'random:7b-1m') unless one is given."""
+    """The config of `random:PRESET` (e.g. 'random:debug', 'random:7b-1m') unless one is given: there
+    is no stored checkpoint config, so a given config wins whole (architecture and run options)."""
     return resolve_config(config) or ModelConfig.from_name(spec[len(RANDOM_PREFIX):])
 
 

@@ -14,6 +14,7 @@ wq/wk in LWM's interleaved RoPE order. See `keys.expected_shapes` for every shap
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 
@@ -24,20 +25,20 @@ from lwm_core.checkpoint.keys import (
     ArrayInfo, canonical_keys, check_config, check_shapes, dtype_summary, expected_shapes, is_vision,
     stack_infos, to_scanned, validate_keys,
 )
-from lwm_core.config import ModelConfig, resolve_config
+from lwm_core.config import (
+    ARCHITECTURE_FIELDS, CHANGEABLE_FIELDS, INIT_ONLY_FIELDS, ModelConfig, apply_changes, check_changes,
+    resolve_config,
+)
 from lwm_core.errors import LWMError
 
 __all__ = ["ArrayInfo", "Checkpoint", "CheckpointSpec", "ProgressFn", "canonical_keys", "check_config",
-           "check_shapes", "describe_params", "expected_shapes", "load_params", "merge_configs", "parse_spec",
-           "save_params"]
+           "check_shapes", "checkpoint_config", "describe_params", "expected_shapes", "load_params",
+           "merge_configs", "parse_spec", "save_params"]
 
 FORMATS = ("lwm", "hf", "orbax")
 TRAINSTATE_PREFIX = ("params", "params")
 _PREFIXES = {"params": ("lwm", ()), "trainstate_params": ("lwm", TRAINSTATE_PREFIX),
              "hf": ("hf", ()), "orbax": ("orbax", ())}
-# Fields that decide parameter shapes: a config passed by the caller must agree with the source's.
-_ARCH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads", "vision")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +55,8 @@ class Checkpoint:
     """Parameters read from a checkpoint, and what was found about them.
 
     params: canonical flat dict (see the module docstring); `describe_params` gives `ArrayInfo`s.
-    config: the source's ModelConfig (or the caller's), None when neither carries one.
+    config: the stored architecture (with the caller's run options) or, when the source stores none,
+      the caller's config; None when neither exists. See `merge_configs`.
     format: 'lwm' | 'hf' | 'orbax'. layout: 'scanned' | 'unscanned', as stored. dtype: as stored.
     """
 
@@ -104,16 +106,50 @@ def parse_spec(spec: str | os.PathLike, *, for_writing: bool = False) -> Checkpo
     raise LWMError(f"cannot tell the format of {path}: prefix it, e.g. params::{path} for LWM streaming")
 
 
-def merge_configs(given: ModelConfig | None, found: ModelConfig | None, source: str) -> ModelConfig | None:
-    """`given` (the caller's, with its execution choices) or else `found` (the source's); when both
-    exist they must agree on every field that decides parameter shapes."""
-    if given is None or found is None:
-        return given or found
-    for name in _ARCH_FIELDS:
-        if getattr(given, name) != getattr(found, name):
-            raise LWMError(f"the given config has {name}={getattr(given, name)} but {source} says "
-                           f"{getattr(found, name)}")
-    return given
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):  # a JSON or float32 round trip may move the last digits
+        return not isinstance(a, bool) and not isinstance(b, bool) and math.isclose(a, b, rel_tol=1e-6)
+    return a == b
+
+
+def _disagreement(name: str, given, found, source: str, label: str | None) -> str:
+    """One line: which field, both values, what to do."""
+    if label is None:  # a ModelConfig from library code
+        who, drop = "the given config", "pass config=None (the checkpoint carries its config)"
+        change = f"changes={{'{name}': ...}} (load_model: {name}=...)"
+    else:  # a preset name or JSON path, as --config takes it
+        who, drop = f"--config {label}", "drop --config (the checkpoint carries its config)"
+        change = "--" + name.replace("_", "-")
+    how = f"change it on purpose with {change}" if name in CHANGEABLE_FIELDS else "pass one that matches"
+    return f"{who} says {name}={given} but {source} stores {found}; {drop} or {how}"
+
+
+def merge_configs(given: ModelConfig | None, found: ModelConfig | None, source: str, *,
+                  changes: dict | None = None, label: str | None = None) -> ModelConfig | None:
+    """The config of a checkpoint from what it stores (`found`) and what the caller gives.
+
+    - Both: they must agree on every architecture field (`ARCHITECTURE_FIELDS` except
+      `INIT_ONLY_FIELDS` and the fields in `changes`; `vision_vocab_size` only for vision models),
+      else LWMError naming the field and both values. The result is the stored architecture with
+      the given config's run options (`RUN_FIELDS`).
+    - Only `found`: the stored architecture with default run options.
+    - Only `given` (LWM streaming files store no config): `given` as it is.
+    - Neither: None.
+    `changes` ({'rope_theta': ..., 'max_sequence_length': ...}) are then applied on purpose.
+    `label` is how the caller named `given` (the --config text), for the message.
+    """
+    changes = check_changes(changes)
+    if found is None:
+        return None if given is None else apply_changes(given, changes)
+    if given is not None:
+        skip = set(INIT_ONLY_FIELDS) | set(changes)
+        if not (given.vision or found.vision):
+            skip.add("vision_vocab_size")  # no vision embeddings: the size is unused
+        for name in ARCHITECTURE_FIELDS:
+            if name not in skip and not _same(getattr(given, name), getattr(found, name)):
+                raise LWMError(_disagreement(name, getattr(given, name), getattr(found, name), source, label))
+    run = given.run_options() if given is not None else {}
+    return apply_changes(ModelConfig(**found.architecture(), **run), changes)
 
 
 def _read(spec: str | os.PathLike, config: ModelConfig | None, dtype: str | None, shapes_only: bool,
@@ -153,7 +189,8 @@ def load_params(spec: str | os.PathLike, *, config: ModelConfig | None = None, d
 
     Args:
       spec: see the module docstring, e.g. 'params::/ckpt/lwm-7b', 'hf::/models/LWM-Text-1M'.
-      config: used when the source carries none; when it does, shapes must agree (the given one wins).
+      config: used when the source carries none; when it does, the source's architecture is kept and
+        `config` must agree with it (LWMError otherwise) and gives only the run options.
       dtype: 'float32' | 'bfloat16' | 'float16' to cast floating arrays while reading; None keeps them.
       progress: optional `progress(done_bytes, total_bytes, item)` callback; quiet by default.
     Returns:
@@ -218,15 +255,26 @@ def save_params(params: dict[str, np.ndarray], dst: str | os.PathLike, *, config
         write_orbax(params, parsed.path, config, dtype=dtype, overwrite=overwrite, progress=progress)
 
 
-VISION_KEYS = ("transformer/vte/embedding", "vision_head/kernel")
-
-
 def checkpoint_config(given: ModelConfig | str | None, params: dict, found: ModelConfig | None,
-                      source: str) -> ModelConfig | None:
-    """The config for a checkpoint's params: the given one (checked against what the checkpoint
-    stores and against the shapes) or else the stored one."""
-    vision = any(k in params for k in VISION_KEYS)
-    config = merge_configs(resolve_config(given, vision=vision), found, source)
+                      source: str, *, changes: dict | None = None) -> ModelConfig | None:
+    """The config for a checkpoint's params; see `merge_configs` for how `given` and `found` combine.
+
+    Args:
+      given: the caller's config: a ModelConfig, a preset name ('7b-1m') or a ModelConfig JSON path
+        (a preset gets vision embeddings when `params` has them). Its run options are kept; its
+        architecture must agree with `found` when the checkpoint stores a config.
+      params: canonical params (arrays or ArrayInfo); the result's shapes are checked against them.
+      found: the config the checkpoint stores (`Checkpoint.config`), None for LWM streaming files.
+      source: names the checkpoint in messages.
+      changes: architecture changed on purpose, keys among 'rope_theta', 'max_sequence_length'.
+    Returns:
+      The ModelConfig, or None when neither `given` nor `found` exists.
+    Raises:
+      LWMError (one line) when `given` disagrees with `found`, or the shapes do not match.
+    """
+    label = given if isinstance(given, str) else None
+    config = merge_configs(resolve_config(given, vision=is_vision(params)), found, source, changes=changes,
+                           label=label)
     if config is not None:
         check_config(params, config, source)
     return config

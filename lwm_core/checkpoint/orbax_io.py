@@ -1,12 +1,17 @@
 """Our own checkpoints (`orbax::DIR`): `lwm_config.json` + the canonical params saved with orbax.
 
 Layout of the folder:
-    DIR/lwm_config.json   ModelConfig.to_json()
+    DIR/lwm_config.json   the architecture: ModelConfig.to_json(run_options=False)
     DIR/params/           orbax PyTree checkpoint of the nested canonical dict (scanned layout)
+
+Run options (dtype, attention_impl, chunk sizes, ...) are never stored: they say how a model was run,
+not what it is. Folders written before that still have them in lwm_config.json; they are dropped on
+read, so the config read back always has default run options.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -14,7 +19,7 @@ import numpy as np
 
 from lwm_core.checkpoint.common import ProgressFn, atomic_path, cast, flatten_tree, np_dtype, unflatten_tree
 from lwm_core.checkpoint.keys import ArrayInfo, dtype_summary
-from lwm_core.config import ModelConfig
+from lwm_core.config import RUN_FIELDS, ModelConfig
 from lwm_core.errors import LWMError
 
 CONFIG_FILE = "lwm_config.json"
@@ -29,7 +34,7 @@ def write_orbax(params: dict[str, np.ndarray], path: str | os.PathLike, config: 
     total = sum(v.nbytes for v in params.values())
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.mkdir()
-        (tmp / CONFIG_FILE).write_text(config.to_json() + "\n")
+        (tmp / CONFIG_FILE).write_text(config.to_json(run_options=False) + "\n")
         tree = unflatten_tree({k: cast(v, dtype) for k, v in params.items()})
         with ocp.PyTreeCheckpointer() as checkpointer:  # synchronous: done when save returns
             checkpointer.save((tmp / PARAMS_DIR).absolute(), tree)
@@ -38,13 +43,17 @@ def write_orbax(params: dict[str, np.ndarray], path: str | os.PathLike, config: 
 
 
 def read_orbax_config(folder: Path) -> ModelConfig:
+    """The stored architecture, with default run options (older files' run options are dropped)."""
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise LWMError(f"{folder} has no {CONFIG_FILE}; it is not an lwm orbax checkpoint")
     try:
-        return ModelConfig.from_json(path.read_text())
+        data = json.loads(path.read_text())
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
         raise LWMError(f"{path} is not a valid ModelConfig JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise LWMError(f"{path} is not a valid ModelConfig JSON (not an object)")
+    return ModelConfig.from_dict({k: v for k, v in data.items() if k not in RUN_FIELDS})
 
 
 def read_orbax(path: str | os.PathLike, *, dtype: str | None = None, shapes_only: bool = False,
