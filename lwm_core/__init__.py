@@ -22,6 +22,7 @@ _EXPORTS = {
     "load_vqgan": "lwm_core.vqgan",
     "read_video": "lwm_core.video",
     "frames_to_vision_tokens": "lwm_core.vision_tokens",
+    "load_tokenizer": "lwm_core.text", "Tokenizer": "lwm_core.text",
 }
 
 __all__ = sorted(_EXPORTS)
