@@ -24,6 +24,7 @@ import zipfile
 import numpy as np
 
 from lwm_core.errors import LWMError
+from lwm_core.fileio import atomic_path
 
 FORMAT = "lwm-vision-tokens-v1"
 
@@ -47,17 +48,13 @@ def save_tokens(path: str | os.PathLike, tokens: TokenFile) -> None:
         raise LWMError("codes do not fit uint16")
     p = pathlib.Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}.npz")
-    try:
-        np.savez(tmp, codes=codes.astype(np.uint16),
+    # Through an open file: np.savez given a name appends .npz to any other suffix.
+    with atomic_path(p, overwrite=True) as tmp, open(tmp, "wb") as f:
+        np.savez(f, codes=codes.astype(np.uint16),
                  frame_indices=np.asarray(tokens.frame_indices, np.int64),
                  fps=np.float64(tokens.fps), source=np.str_(tokens.source),
                  vqgan_id=np.str_(tokens.vqgan_id), vqgan_config=np.str_(tokens.vqgan_config),
                  format=np.str_(FORMAT))
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def load_tokens(path: str | os.PathLike) -> TokenFile:

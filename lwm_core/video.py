@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from lwm_core.errors import LWMError
+from lwm_core.fileio import atomic_path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp"}
@@ -282,11 +283,6 @@ def _write_mp4(frames: np.ndarray, path: pathlib.Path, fps: float) -> None:
 
 
 def _atomic(target: pathlib.Path, write) -> None:
-    # The temporary name keeps the suffix: OpenCV picks the container from it.
-    tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
-    try:
+    # atomic_path's temporary name keeps the suffix: OpenCV picks the container from it.
+    with atomic_path(target, overwrite=True) as tmp:
         write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

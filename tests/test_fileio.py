@@ -144,3 +144,20 @@ def test_temp_names_differ_between_calls(tmp_path):
 
 def test_checkpoint_common_reexports_it():
     assert reexported is atomic_path
+
+
+def test_writers_leave_only_their_target(tmp_path):
+    """The writers that use atomic_path: no temporary file beside the result, suffixes kept."""
+    from lwm_core.token_files import TokenFile, load_tokens, save_tokens
+    from lwm_core.video import write_frames
+
+    tokens = TokenFile(codes=np.arange(12, dtype=np.uint16).reshape(1, 3, 4),
+                       frame_indices=np.zeros(1, np.int64), fps=4.0, source="s", vqgan_id="v",
+                       vqgan_config="{}")
+    save_tokens(tmp_path / "a.tokens", tokens)  # not .npz: np.savez must not append one
+    np.testing.assert_array_equal(load_tokens(tmp_path / "a.tokens").codes, tokens.codes)
+    frames = np.zeros((2, 16, 16, 3), np.uint8)
+    write_frames(frames, tmp_path / "v.mp4")  # OpenCV picks the container from the temp name
+    write_frames(frames, tmp_path / "v.gif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tokens", "v.gif", "v.mp4"]
+    assert (tmp_path / "v.mp4").stat().st_size > 0

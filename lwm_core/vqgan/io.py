@@ -15,6 +15,7 @@ import pathlib
 import numpy as np
 
 from lwm_core.errors import LWMError
+from lwm_core.fileio import atomic_path
 from lwm_core.vqgan.config import VQGANConfig
 from lwm_core.vqgan.params_diffusers import load_diffusers, read_safetensors, save_diffusers
 from lwm_core.vqgan.params_lwm import check_params, load_lwm_pickle, save_lwm_pickle
@@ -78,10 +79,9 @@ def write_vqgan(params: dict[str, np.ndarray], config: VQGANConfig, dst: str | o
     else:
         from safetensors.numpy import save_file
 
-        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-        save_file({k: np.ascontiguousarray(v, np.float32) for k, v in params.items()}, str(tmp),
-                  metadata={"lwm_format": "vqgan", "config": config.to_json()})
-        os.replace(tmp, p)
+        with atomic_path(p, overwrite=True) as tmp:
+            save_file({k: np.ascontiguousarray(v, np.float32) for k, v in params.items()}, str(tmp),
+                      metadata={"lwm_format": "vqgan", "config": config.to_json()})
     return fmt
 
 

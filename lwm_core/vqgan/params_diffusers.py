@@ -17,6 +17,7 @@ import ml_dtypes
 import numpy as np
 
 from lwm_core.errors import LWMError
+from lwm_core.fileio import atomic_path
 from lwm_core.vqgan.config import VQGANConfig
 from lwm_core.vqgan.params_lwm import check_params, expected_shapes
 
@@ -168,9 +169,8 @@ def save_diffusers(params: dict[str, np.ndarray], config: VQGANConfig, folder: s
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {diffusers_key(k): to_torch_layout(k, np.asarray(v, np.float32)) for k, v in params.items()}
-    tmp = folder / f".{WEIGHTS_NAME}.tmp-{os.getpid()}"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, folder / WEIGHTS_NAME)
-    tmp_config = folder / f".config.json.tmp-{os.getpid()}"
-    tmp_config.write_text(json.dumps(config_to_diffusers(config), indent=2))
-    os.replace(tmp_config, folder / "config.json")
+    # Each file is replaced atomically; the folder itself is kept (it may hold other files).
+    with atomic_path(folder / WEIGHTS_NAME, overwrite=True) as tmp:
+        save_file(tensors, str(tmp))
+    with atomic_path(folder / "config.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(config_to_diffusers(config), indent=2))

@@ -23,6 +23,7 @@ from flax import nnx
 
 from lwm_core.checkpoint.common import flatten_tree, unflatten_tree
 from lwm_core.errors import LWMError
+from lwm_core.fileio import atomic_path
 from lwm_core.vqgan.config import VQGANConfig
 from lwm_core.vqgan.model import VQGAN
 
@@ -140,10 +141,8 @@ def load_lwm_pickle(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def save_lwm_pickle(params: dict[str, np.ndarray], path: str | os.PathLike) -> None:
     """Write LWM's format: a pickle of the nested dict of numpy arrays (atomically)."""
     tree = unflatten({k: np.asarray(v) for k, v in params.items()})
-    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_path(path, overwrite=True) as tmp, open(tmp, "wb") as f:
         pickle.dump(tree, f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)
 
 
 def params_digest(params: dict[str, np.ndarray]) -> str:
