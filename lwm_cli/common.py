@@ -1,10 +1,12 @@
-"""What every subcommand shares: one-line errors with exit code 2, and the rich console."""
+"""What every subcommand shares: one-line errors with exit code 2, the rich console, and the options
+that change a model's config on purpose (--rope-theta, --max-sequence-length)."""
 
 from __future__ import annotations
 
 import functools
 import os
 import sys
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,6 +17,34 @@ console = Console()
 err_console = Console(stderr=True)
 
 EXIT_USAGE = 2
+
+# A checkpoint's stored config is never overridden by --config (a disagreement is refused); these two
+# options are the one way to change its architecture, on purpose. Use them as parameter annotations:
+#     def cmd(..., rope_theta: RopeThetaOption = None, max_sequence_length: MaxSequenceLengthOption = None)
+# and pass `config_changes(rope_theta, max_sequence_length)` as `changes` to `checkpoint_config`.
+RopeThetaOption = Annotated[float | None, typer.Option(
+    "--rope-theta", metavar="FLOAT",
+    help="Change the model's RoPE base on purpose (e.g. for extend-context) instead of keeping the one "
+         "the checkpoint or --config has. Changes what the model computes.")]
+MaxSequenceLengthOption = Annotated[int | None, typer.Option(
+    "--max-sequence-length", metavar="INT",
+    help="Change the model's maximum sequence length on purpose (e.g. for extend-context) instead of "
+         "keeping the one the checkpoint or --config has.")]
+
+
+def config_changes(rope_theta: float | None, max_sequence_length: int | None) -> dict[str, Any]:
+    """The `changes` for `lwm_core.checkpoint.checkpoint_config` from the two options above."""
+    changes: dict[str, Any] = {}
+    if rope_theta is not None:
+        changes["rope_theta"] = float(rope_theta)
+    if max_sequence_length is not None:
+        changes["max_sequence_length"] = int(max_sequence_length)
+    return changes
+
+
+def changes_flags(changes: dict[str, Any]) -> str:
+    """'--rope-theta/--max-sequence-length' for the keys of `changes`, for messages."""
+    return "/".join("--" + name.replace("_", "-") for name in changes)
 
 
 def fail(message: str) -> None:

@@ -9,7 +9,9 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from lwm_cli.common import console, err_console, handle_errors
+from lwm_cli.common import (
+    MaxSequenceLengthOption, RopeThetaOption, changes_flags, config_changes, console, err_console, handle_errors,
+)
 from lwm_core.checkpoint import ProgressFn, checkpoint_config, load_params, parse_spec, save_params
 from lwm_core.errors import LWMError
 
@@ -37,20 +39,29 @@ def convert(
     dst: str = typer.Argument(..., help=f"Checkpoint to write: {SPEC_HELP}."),
     config: str | None = typer.Option(
         None, "--config", help="Model preset (e.g. 7b-1m, debug) or a ModelConfig JSON file; needed when "
-                               "SRC carries no config (LWM streaming) and DST stores one (hf, orbax)."),
+                               "SRC carries no config (LWM streaming) and DST stores one (hf, orbax). "
+                               "Refused when it disagrees with the config SRC stores."),
     dtype: str | None = typer.Option(None, "--dtype", help="bfloat16 or float32 (default: as stored)."),
     layout: str = typer.Option("scanned", "--layout", help="scanned or unscanned layers (params:: only)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DST if it exists."),
     vqgan: bool = typer.Option(False, "--vqgan", help="Convert VQGAN weights instead: LWM pickle (.pkl), "
                                                       "diffusers folder, or our .safetensors."),
+    rope_theta: RopeThetaOption = None,
+    max_sequence_length: MaxSequenceLengthOption = None,
 ):
     """Convert a checkpoint between LWM streaming msgpack, Hugging Face LLaMA and orbax
     (or, with --vqgan, VQGAN weights between LWM's pickle, a diffusers folder and .safetensors).
 
+    DST stores the architecture of SRC's config (or of --config when SRC stores none); --rope-theta and
+    --max-sequence-length change it on purpose.
+
     Example: lwm convert params::lwm-7b-1m.msgpack hf::LWM-Text-1M --config 7b-1m --dtype bfloat16
              lwm convert --vqgan vqgan.pkl vqgan-diffusers/
     """
+    changes = config_changes(rope_theta, max_sequence_length)
     if vqgan:
+        if changes:
+            raise LWMError(f"{changes_flags(changes)} change a language model's config, not VQGAN weights")
         return convert_vqgan_weights(src, dst, overwrite=overwrite)
     if dtype not in (None, "bfloat16", "float32"):
         raise LWMError(f"--dtype must be bfloat16 or float32, got {dtype!r}")
@@ -62,12 +73,15 @@ def convert(
         raise LWMError(f"{target.path} already exists; pass --overwrite to replace it")
     if target.format != "lwm" and layout != "scanned":
         raise LWMError(f"--layout applies to params:: outputs only, not {target.format}::")
+    if changes and target.format == "lwm":
+        raise LWMError(f"{changes_flags(changes)} change the config a checkpoint stores, but params:: files "
+                       "store none; write hf:: or orbax::, or pass them when loading the model")
     if source.format == "lwm" and target.format != "lwm" and config is None:
         raise LWMError(f"{source.path} carries no model config but {target.format}:: stores one: "
                        "pass --config (a preset such as 7b-1m, or a ModelConfig JSON file)")
     with progress_bar(f"reading {source.path.name}") as progress:
         ckpt = load_params(src, dtype=dtype, progress=progress)
-    model_config = checkpoint_config(config, ckpt.params, ckpt.config, str(source.path))
+    model_config = checkpoint_config(config, ckpt.params, ckpt.config, str(source.path), changes=changes)
     with progress_bar(f"writing {target.path.name}") as progress:
         save_params(ckpt.params, dst, config=model_config, dtype=dtype, layout=layout,
                     overwrite=overwrite, progress=progress)
