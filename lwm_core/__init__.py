@@ -13,7 +13,12 @@ _EXPORTS = {
     "LWMError": "lwm_core.errors",
     "ModelConfig": "lwm_core.config",
     "LWMModel": "lwm_core.model",
-    "KVCache": "lwm_core.model",
+    "KVCache": "lwm_core.cache",
+    "init_cache": "lwm_core.cache",
+    "bucket_length": "lwm_core.cache",
+    "Sampler": "lwm_core.infer",
+    "SamplingSettings": "lwm_core.infer",
+    "ForcedTokens": "lwm_core.infer",
     "load_model": "lwm_core.loading",
     "load_params": "lwm_core.checkpoint",
     "save_params": "lwm_core.checkpoint",
@@ -22,7 +27,8 @@ _EXPORTS = {
     "load_vqgan": "lwm_core.vqgan",
     "read_video": "lwm_core.video",
     "frames_to_vision_tokens": "lwm_core.vision_tokens",
-    "load_tokenizer": "lwm_core.text", "Tokenizer": "lwm_core.text",
+    "load_tokenizer": "lwm_core.text",
+    "Tokenizer": "lwm_core.text",
 }
 
 __all__ = sorted(_EXPORTS)

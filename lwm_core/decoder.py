@@ -14,32 +14,30 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lwm_core import attention
+from lwm_core.cache import layer_view, write_layer
 from lwm_core.config import ModelConfig
 from lwm_core.layers import Dense, RMSNorm, apply_rope
+from lwm_core.mesh import ACTIVATION_AXES, constrain
 
 
-class LayerCache(NamedTuple):
-    """Keys and values of every layer: k, v [L, B, S, H, D]."""
-
-    k: jax.Array
-    v: jax.Array
-
-
-class DecodeContext(NamedTuple):
+class CacheStep(NamedTuple):
     """What a cached step needs besides the hidden states: where to write, and who may attend."""
 
     index: jax.Array  # int32 scalar: cache slot of the first new token
-    mask: jax.Array  # [B, T, S] bool: cache slots each new token attends to
+    q_slots: jax.Array  # [T] int32: cache slot of each new token (attends slots <= its own)
+    key_valid: jax.Array  # [B, S] bool: slots holding real tokens, the new ones included
 
 
 class Attention(nnx.Module):
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, stack: tuple[int, ...] = ()):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, stack: tuple[int, ...] = (), mesh=None):
         d, std, pd = config.hidden_size, config.initializer_range, config.param_dtype
-        self.wq = Dense(d, d, std=std, param_dtype=pd, rngs=rngs, stack=stack)
-        self.wk = Dense(d, d, std=std, param_dtype=pd, rngs=rngs, stack=stack)
-        self.wv = Dense(d, d, std=std, param_dtype=pd, rngs=rngs, stack=stack)
-        self.wo = Dense(d, d, std=std, param_dtype=pd, rngs=rngs, stack=stack)
+        qkv = dict(std=std, param_dtype=pd, rngs=rngs, stack=stack, axes=("embed", "heads"))
+        self.wq = Dense(d, d, **qkv)
+        self.wk = Dense(d, d, **qkv)
+        self.wv = Dense(d, d, **qkv)
+        self.wo = Dense(d, d, std=std, param_dtype=pd, rngs=rngs, stack=stack, axes=("heads", "embed"))
         self.config = config
+        self.mesh = mesh
 
     def project(self, x, cos, sin):
         """[B, T, D] -> q, k, v [B, T, H, Dh] with rotary embeddings on q and k."""
@@ -58,17 +56,22 @@ class Attention(nnx.Module):
         q, k, v = self.project(x, cos, sin)
         out = attention.dot_product_attention(
             q, k, v, causal=True, segment_ids=segment_ids, mask=attention_mask,
-            impl=cfg.attention_impl, layout=cfg.sequence_layout,
+            impl=cfg.attention_impl, layout=cfg.sequence_layout, mesh=self.mesh,
             query_chunk_size=cfg.scan_query_chunk_size, key_chunk_size=cfg.scan_key_chunk_size)
         return self.output(out), (k, v)
 
-    def decode(self, x, cos, sin, k_cache, v_cache, ctx: DecodeContext):
-        """New tokens [B, T, D] against this layer's cache [B, S, H, Dh]; returns output and new cache."""
+    def extend(self, x, cos, sin, k_all, v_all, layer, step: CacheStep):
+        """New tokens [B, T, D] through this layer against the cache of every layer k_all, v_all
+        [L, B, H, S, Dh]: their keys/values are written into slots step.q_slots of `layer` in place,
+        then the queries attend the layer's cache. Returns the output and the updated caches."""
+        cfg = self.config
         q, k, v = self.project(x, cos, sin)
-        k_cache = attention.update_cache(k_cache, k, ctx.index)
-        v_cache = attention.update_cache(v_cache, v, ctx.index)
-        out = attention.decode_attention(q, k_cache, v_cache, ctx.mask)
-        return self.output(out), (k_cache, v_cache)
+        k_all = write_layer(k_all, k, layer, step.index, mesh=self.mesh)
+        v_all = write_layer(v_all, v, layer, step.index, mesh=self.mesh)
+        out = attention.cache_attention(q, layer_view(k_all, layer), layer_view(v_all, layer), step.q_slots,
+                                        step.key_valid, mesh=self.mesh, query_chunk_size=cfg.scan_query_chunk_size,
+                                        key_chunk_size=cfg.scan_key_chunk_size)
+        return self.output(out), k_all, v_all
 
 
 class FeedForward(nnx.Module):
@@ -76,9 +79,9 @@ class FeedForward(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, stack: tuple[int, ...] = ()):
         d, f, std, pd = config.hidden_size, config.intermediate_size, config.initializer_range, config.param_dtype
-        self.w1 = Dense(d, f, std=std, param_dtype=pd, rngs=rngs, stack=stack)
-        self.w2 = Dense(f, d, std=std, param_dtype=pd, rngs=rngs, stack=stack)
-        self.w3 = Dense(d, f, std=std, param_dtype=pd, rngs=rngs, stack=stack)
+        self.w1 = Dense(d, f, std=std, param_dtype=pd, rngs=rngs, stack=stack, axes=("embed", "mlp"))
+        self.w2 = Dense(f, d, std=std, param_dtype=pd, rngs=rngs, stack=stack, axes=("mlp", "embed"))
+        self.w3 = Dense(d, f, std=std, param_dtype=pd, rngs=rngs, stack=stack, axes=("embed", "mlp"))
         self.config = config
 
     def _mlp(self, x):
@@ -99,8 +102,8 @@ class FeedForward(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, stack: tuple[int, ...] = ()):
-        self.attention = Attention(config, rngs=rngs, stack=stack)
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, stack: tuple[int, ...] = (), mesh=None):
+        self.attention = Attention(config, rngs=rngs, stack=stack, mesh=mesh)
         self.feed_forward = FeedForward(config, rngs=rngs, stack=stack)
         self.attention_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps,
                                       param_dtype=config.param_dtype, stack=stack)
@@ -115,11 +118,11 @@ class DecoderLayer(nnx.Module):
         x = x + h
         return x + self.feed_forward(self.ffn_norm(x, dtype)), kv
 
-    def decode(self, x, cos, sin, k_cache, v_cache, ctx: DecodeContext):
+    def extend(self, x, cos, sin, k_all, v_all, layer, step: CacheStep):
         dtype = self.config.dtype
-        h, kv = self.attention.decode(self.attention_norm(x, dtype), cos, sin, k_cache, v_cache, ctx)
+        h, k_all, v_all = self.attention.extend(self.attention_norm(x, dtype), cos, sin, k_all, v_all, layer, step)
         x = x + h
-        return x + self.feed_forward(self.ffn_norm(x, dtype)), kv
+        return x + self.feed_forward(self.ffn_norm(x, dtype)), k_all, v_all
 
 
 class LayerStack(nnx.Module):
@@ -131,46 +134,53 @@ class LayerStack(nnx.Module):
     bandwidth-bound one-token decoding (see bench/decode.py).
     """
 
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, mesh=None):
         if config.scan_layers:
-            self.scan_decoder = DecoderLayer(config, rngs=rngs, stack=(config.num_hidden_layers,))
+            self.scan_decoder = DecoderLayer(config, rngs=rngs, stack=(config.num_hidden_layers,), mesh=mesh)
         else:
-            self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
+            self.layers = nnx.List([DecoderLayer(config, rngs=rngs, mesh=mesh)
+                                    for _ in range(config.num_hidden_layers)])
         self.config = config
+        self.mesh = mesh
 
-    def _scan(self, step, x, xs):
-        """Run `step(layer, x, xs_slice) -> (x, ys_slice)` over the layers; ys come back stacked."""
+    def _remat(self, fn):
         policy = self.config.remat_block
-        remat = (lambda f: jax.checkpoint(f, policy=getattr(jax.checkpoint_policies, policy), prevent_cse=False)
-                 ) if policy else (lambda f: f)
+        if not policy:
+            return fn
+        return jax.checkpoint(fn, policy=getattr(jax.checkpoint_policies, policy), prevent_cse=False)
+
+    def _loop(self, step, carry):
+        """carry = step(layer, index, carry) for every layer, by lax.scan (scanned layers, where the
+        layer index is traced) or a Python loop (unscanned, where it is a constant)."""
         if not self.config.scan_layers:
-            ys = []
             for i, layer in enumerate(self.layers):
-                x, y = remat(lambda h, extra, layer=layer: step(layer, h, extra))(
-                    x, jax.tree.map(lambda a, i=i: a[i], xs))
-                ys.append(y)
-            return x, jax.tree.map(lambda *a: jnp.stack(a), *ys)
+                carry = self._remat(lambda c, layer=layer, i=i: step(layer, i, c))(carry)
+            return carry
         graphdef, state = nnx.split(self.scan_decoder)
 
-        def body(carry, layer_and_xs):
-            layer_state, extra = layer_and_xs
-            return step(nnx.merge(graphdef, layer_state), carry, extra)
+        def body(carry, xs):
+            layer_state, index = xs
+            return step(nnx.merge(graphdef, layer_state), index, carry), None
 
-        return jax.lax.scan(remat(body), x, (state, xs))
+        layers = jnp.arange(self.config.num_hidden_layers, dtype=jnp.int32)
+        return jax.lax.scan(self._remat(body), carry, (state, layers))[0]
 
-    def __call__(self, x, cos, sin, *, segment_ids=None, attention_mask=None, return_kv=False):
-        """x [B, T, D] -> [B, T, D]; with return_kv also the per-layer keys/values [L, B, T, H, Dh]."""
+    def __call__(self, x, cos, sin, *, segment_ids=None, attention_mask=None):
+        """x [B, T, D] -> [B, T, D] through every layer (the full forward pass, no cache)."""
 
-        def step(layer, h, _):
-            h, kv = layer(h, cos, sin, segment_ids=segment_ids, attention_mask=attention_mask)
-            return h, (kv if return_kv else None)
+        def step(layer, _, h):
+            h = constrain(h, ACTIVATION_AXES, self.mesh)
+            return layer(h, cos, sin, segment_ids=segment_ids, attention_mask=attention_mask)[0]
 
-        x, kv = self._scan(step, x, None)
-        return (x, LayerCache(*kv)) if return_kv else x
+        return self._loop(step, x)
 
-    def decode(self, x, cos, sin, cache: LayerCache, ctx: DecodeContext):
-        def step(layer, h, layer_cache):
-            return layer.decode(h, cos, sin, layer_cache[0], layer_cache[1], ctx)
+    def extend(self, x, cos, sin, k_all, v_all, step: CacheStep):
+        """New tokens x [B, T, D] through every layer against the cache [L, B, H, S, Dh], which is
+        updated in place (carried through the loop, one layer written at a time)."""
 
-        x, (k, v) = self._scan(step, x, (cache.k, cache.v))
-        return x, LayerCache(k, v)
+        def layer_step(layer, index, carry):
+            h, k_all, v_all = carry
+            h = constrain(h, ACTIVATION_AXES, self.mesh)
+            return layer.extend(h, cos, sin, k_all, v_all, index, step)
+
+        return self._loop(layer_step, (x, k_all, v_all))

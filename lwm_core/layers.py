@@ -1,7 +1,8 @@
 """Building blocks of the LLaMA-style decoder: dense kernels, embeddings, RMSNorm, interleaved RoPE.
 
 Every parameter is named as in LWM's Flax checkpoints (`kernel`, `embedding`) so that the NNX
-state path of a weight is its LWM checkpoint key. `stack` puts leading axes in front of a weight
+state path of a weight is its LWM checkpoint key, and carries its logical axes as metadata
+(`logical_axes`, e.g. ('embed', 'heads')); `lwm_core.mesh.LOGICAL_AXIS_RULES` maps those to the mesh. `stack` puts leading axes in front of a weight
 (the layer axis of scanned layers).
 """
 
@@ -16,12 +17,18 @@ def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, dtype) -> jax.Ar
     return (jax.random.normal(rngs.params(), shape, jnp.float32) * std).astype(dtype)
 
 
+def _stacked(axes: tuple, stack: tuple[int, ...]) -> tuple:
+    """Logical axes of a weight with `stack` leading axes (the layer axis of scanned layers)."""
+    return ("layers",) * len(stack) + tuple(axes)
+
+
 class Dense(nnx.Module):
     """x @ kernel without bias; kernel [*stack, in, out] as LWM stores it."""
 
     def __init__(self, in_features: int, out_features: int, *, std: float, param_dtype, rngs: nnx.Rngs,
-                 stack: tuple[int, ...] = ()):
-        self.kernel = nnx.Param(_normal(rngs, (*stack, in_features, out_features), std, param_dtype))
+                 axes: tuple[str, str], stack: tuple[int, ...] = ()):
+        self.kernel = nnx.Param(_normal(rngs, (*stack, in_features, out_features), std, param_dtype),
+                                logical_axes=_stacked(axes, stack))
 
     def __call__(self, x: jax.Array, dtype) -> jax.Array:
         return jnp.einsum("...i,io->...o", x.astype(dtype), self.kernel[...].astype(dtype))
@@ -31,18 +38,20 @@ class Embed(nnx.Module):
     """Token embedding table [num_embeddings, features]."""
 
     def __init__(self, num_embeddings: int, features: int, *, std: float, param_dtype, rngs: nnx.Rngs):
-        self.embedding = nnx.Param(_normal(rngs, (num_embeddings, features), std, param_dtype))
+        self.embedding = nnx.Param(_normal(rngs, (num_embeddings, features), std, param_dtype),
+                                   logical_axes=("vocab", "embed"))
 
     def __call__(self, ids: jax.Array, dtype) -> jax.Array:
-        # [B, T] -> [B, T, D]; callers pass in-range ids (out-of-vocabulary ids are zeroed by the model).
-        return jnp.take(self.embedding[...], ids, axis=0).astype(dtype)
+        # [B, T] -> [B, T, D]. The model refuses out-of-vocabulary ids before they get here (eagerly,
+        # or from inside jit); "clip" keeps a refused id from reading past the table meanwhile.
+        return jnp.take(self.embedding[...], ids, axis=0, mode="clip").astype(dtype)
 
 
 class RMSNorm(nnx.Module):
     """RMSNorm with weight only, normalised in fp32 (as LWM and Hugging Face do)."""
 
     def __init__(self, features: int, *, eps: float, param_dtype, stack: tuple[int, ...] = ()):
-        self.kernel = nnx.Param(jnp.ones((*stack, features), param_dtype))
+        self.kernel = nnx.Param(jnp.ones((*stack, features), param_dtype), logical_axes=_stacked((None,), stack))
         self.eps = eps
 
     def __call__(self, x: jax.Array, dtype) -> jax.Array:

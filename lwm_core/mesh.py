@@ -6,14 +6,12 @@ parallel, sequence parallel (ring attention runs over `sp`). Layers only name *l
 axes, so sequence parallelism is one entry in that table.
 
     mesh = make_mesh("1,-1,1,4")           # -1: the rest of the devices (here fsdp = n / 4)
-    with jax.set_mesh(mesh):
-        params = shard_params(nnx.state(model, nnx.Param), mesh)
-        batch = shard_batch({"input_ids": ids}, mesh)
+    model = lwm_core.load_model("random:debug", mesh=mesh)  # weights placed on their shards
+    batch = shard_batch({"input_ids": ids}, mesh)
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import jax
@@ -38,16 +36,18 @@ LOGICAL_AXIS_RULES: dict[str, str | tuple[str, ...] | None] = {
     "layers": None,
 }
 
-# parameter name (regex on the '/'-joined LWM key) -> logical axes of its unscanned shape
-PARAM_LOGICAL_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
-    (r"(wte|vte)/embedding$", ("vocab", "embed")),
-    (r"attention/(wq|wk|wv)/kernel$", ("embed", "heads")),
-    (r"attention/wo/kernel$", ("heads", "embed")),
-    (r"feed_forward/(w1|w3)/kernel$", ("embed", "mlp")),
-    (r"feed_forward/w2/kernel$", ("mlp", "embed")),
-    (r"(lm_head|vision_head)/kernel$", ("embed", "vocab")),
-    (r"(norm|ln_f)[^/]*/kernel$", (None,)),
-)
+# Logical axes of activations and of the KV cache (parameters carry theirs as `logical_axes` metadata,
+# set where each weight is created in lwm_core/layers.py and decoder.py).
+ACTIVATION_AXES: tuple[str | None, ...] = ("batch", "seq", None)  # hidden states [B, T, D]
+CACHE_AXES: tuple[str | None, ...] = ("layers", "batch", "cache_seq", "heads", "head_dim")  # k, v [L, B, S, H, Dh]
+
+
+def seq_axis(rules: dict = LOGICAL_AXIS_RULES) -> str:
+    """The mesh axis the sequence is sharded over (ring attention, sharded caches): rules['seq']."""
+    target = rules.get("seq")
+    if not isinstance(target, str):
+        raise LWMError(f"LOGICAL_AXIS_RULES['seq'] must name one mesh axis for ring attention, got {target!r}")
+    return target
 
 
 def parse_mesh_shape(spec: str | Sequence[int], num_devices: int) -> tuple[int, int, int, int]:
@@ -113,45 +113,51 @@ def logical_to_spec(logical_axes: Sequence[str | None], mesh=None, shape: Sequen
     return P(*spec)
 
 
-def _path_key(path) -> str:
-    """'/'-joined key of a tree path; the trailing 'value' of an nnx Variable is dropped."""
-    parts = [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path]
-    while parts and parts[-1] in ("value", "raw_value"):
-        parts.pop()
-    return "/".join(parts)
+def _logical_axes(var) -> tuple[str | None, ...]:
+    axes = var.get_metadata().get("logical_axes") if hasattr(var, "get_metadata") else None
+    return tuple(axes) if axes is not None else (None,) * len(var.shape)
 
 
-def param_logical_axes(key: str, ndim: int) -> tuple[str | None, ...]:
-    """Logical axes of a parameter from its LWM key; a scanned stack gets a leading 'layers' axis."""
-    for pattern, axes in PARAM_LOGICAL_AXES:
-        if re.search(pattern, key):
-            if ndim == len(axes) + 1:
-                return ("layers",) + axes
-            if ndim == len(axes):
-                return axes
-    return (None,) * ndim
+def _is_variable(x) -> bool:
+    return hasattr(x, "get_metadata")
 
 
-def param_specs(params, mesh) -> object:
-    """Tree of PartitionSpecs for a parameter tree (nnx.State or nested dict) keyed like LWM."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: logical_to_spec(param_logical_axes(_path_key(path), x.ndim), mesh, x.shape), params)
+def param_specs(state, mesh) -> object:
+    """Tree of PartitionSpecs for an nnx State of parameters, from each Variable's `logical_axes`
+    metadata through `LOGICAL_AXIS_RULES` (axes that do not divide a dimension are replicated)."""
+    return jax.tree.map(lambda v: logical_to_spec(_logical_axes(v), mesh, v.shape), state, is_leaf=_is_variable)
 
 
-def shard_params(params, mesh):
-    """Place every parameter on the mesh according to `LOGICAL_AXIS_RULES`."""
-    specs = param_specs(params, mesh)
-    return jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), params, specs)
+def param_shardings(state, mesh) -> object:
+    """Tree of NamedShardings (see `param_specs`)."""
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(state, mesh),
+                        is_leaf=lambda x: isinstance(x, P))
 
 
-def shard_batch(batch, mesh, *, seq_axis: int = 1):
+def shard_params(state, mesh):
+    """Place every parameter of an nnx State on the mesh according to its logical axes."""
+    shardings = param_shardings(state, mesh)
+    return jax.tree.map(lambda v, s: v.replace(jax.device_put(v[...], s)), state, shardings, is_leaf=_is_variable)
+
+
+def constrain(x, logical_axes: Sequence[str | None], mesh=None):
+    """`with_sharding_constraint` by logical axes; a no-op without a mesh (argument or context)."""
+    mesh = current_mesh(mesh)
+    if mesh is None or mesh.size == 1:
+        return x
+    spec = logical_to_spec(logical_axes, mesh, x.shape)
+    sharding = NamedSharding(mesh, spec) if isinstance(mesh, jax.sharding.Mesh) else spec
+    return jax.lax.with_sharding_constraint(x, sharding)
+
+
+def shard_batch(batch, mesh, *, seq_dim: int = 1):
     """Shard [batch, seq, ...] arrays over ('dp', 'fsdp') x 'sp'. Refuses, with a one-line LWMError, a
     sequence length that does not divide by sp (pad it first: `pad_sequence`)."""
-    sp = axis_size(mesh, "sp")
+    sp = axis_size(mesh, seq_axis())
 
     def put(x):
-        if x.ndim > seq_axis and x.shape[seq_axis] % sp:
-            raise LWMError(f"sequence length {x.shape[seq_axis]} does not divide by sp={sp}; pad it to a "
+        if x.ndim > seq_dim and x.shape[seq_dim] % sp:
+            raise LWMError(f"sequence length {x.shape[seq_dim]} does not divide by sp={sp}; pad it to a "
                            f"multiple of {sp} (lwm_core.mesh.pad_sequence) and mask the padding")
         logical = ["batch", "seq"][: x.ndim] + [None] * max(0, x.ndim - 2)
         return jax.device_put(x, NamedSharding(mesh, logical_to_spec(logical, mesh, x.shape)))

@@ -3,40 +3,31 @@
     model = LWMModel(ModelConfig.from_name("debug"), rngs=nnx.Rngs(0))
     text_logits, vision_logits = model(input_ids)                      # [B, T, V], None
     cache = model.init_cache(batch_size=2, max_length=128)
-    logits, _, cache = model.prefill(prompt_ids, cache, attention_mask=prompt_mask)
+    logits, _, cache = model.prefill(prompt_ids, cache, attention_mask=prompt_mask, chunk_size=64)
     logits, _, cache = model.decode(next_ids, cache)                   # one or more new tokens
 
 The NNX state path of every weight is its key in LWM's checkpoints (`transformer/wte/embedding`,
-`transformer/h/scan_decoder/attention/wq/kernel`, ...): `params_dict` / `from_params` convert.
+`transformer/h/scan_decoder/attention/wq/kernel`, ...; see `lwm_core.checkpoint.keys`). Building a
+model from a checkpoint or on a mesh is `lwm_core.load_model`'s job (`lwm_core.sharding`); the KV
+cache lives in `lwm_core.cache`.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lwm_core import cache as kv
+from lwm_core.cache import KVCache
+from lwm_core.checkpoint.keys import state_to_params
 from lwm_core.config import ModelConfig
-from lwm_core.decoder import DecodeContext, LayerCache, LayerStack
-from lwm_core.errors import LWMError
+from lwm_core.decoder import CacheStep, LayerStack
+from lwm_core.errors import LWMError, raise_if
 from lwm_core.layers import Dense, Embed, RMSNorm, rope_angles
 
-
-class KVCache(NamedTuple):
-    """Decoding state. Slots [0, length) hold tokens; padding slots are False in `key_valid`."""
-
-    k: jax.Array  # [L, B, S, H, Dh]
-    v: jax.Array  # [L, B, S, H, Dh]
-    key_valid: jax.Array  # [B, S] bool
-    length: jax.Array  # int32 scalar: slots used (same for every row)
-    next_position: jax.Array  # [B] int32: rotary position of each row's next token
-
-    @property
-    def max_length(self) -> int:
-        return self.k.shape[2]
+__all__ = ["KVCache", "LWMModel", "default_position_ids"]
 
 
 def default_position_ids(batch: int, seq: int, attention_mask=None, segment_ids=None) -> jax.Array:
@@ -53,12 +44,12 @@ def default_position_ids(batch: int, seq: int, attention_mask=None, segment_ids=
 
 
 class Transformer(nnx.Module):
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, mesh=None):
         std, pd = config.initializer_range, config.param_dtype
         self.wte = Embed(config.vocab_size, config.hidden_size, std=std, param_dtype=pd, rngs=rngs)
         self.vte = (Embed(config.vision_vocab_size, config.hidden_size, std=std, param_dtype=pd, rngs=rngs)
                     if config.vision else None)
-        self.h = LayerStack(config, rngs=rngs)
+        self.h = LayerStack(config, rngs=rngs, mesh=mesh)
         self.ln_f = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=pd)
         self.config = config
 
@@ -75,13 +66,14 @@ class Transformer(nnx.Module):
 class LWMModel(nnx.Module):
     """LWM's LLaMA / VideoLLaMA. Call with token ids [B, T]; returns (text_logits, vision_logits)."""
 
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, mesh=None):
         std, pd = config.initializer_range, config.param_dtype
         self.config = config
-        self.transformer = Transformer(config, rngs=rngs)
-        self.lm_head = Dense(config.hidden_size, config.vocab_size, std=std, param_dtype=pd, rngs=rngs)
-        self.vision_head = (Dense(config.hidden_size, config.vision_vocab_size, std=std, param_dtype=pd,
-                                  rngs=rngs) if config.vision else None)
+        self.mesh = mesh  # where the weights live (lwm_core.sharding.build_model); None: one device
+        self.transformer = Transformer(config, rngs=rngs, mesh=mesh)
+        head = dict(std=std, param_dtype=pd, rngs=rngs, axes=("embed", "vocab"))
+        self.lm_head = Dense(config.hidden_size, config.vocab_size, **head)
+        self.vision_head = Dense(config.hidden_size, config.vision_vocab_size, **head) if config.vision else None
 
     # ---------------------------------------------------------------- full forward
     def __call__(self, input_ids, vision_masks=None, attention_mask=None, segment_ids=None,
@@ -100,13 +92,10 @@ class LWMModel(nnx.Module):
         hidden = self._hidden(input_ids, vision_masks, position_ids, segment_ids, attention_mask)
         return self._heads(hidden)
 
-    def _hidden(self, input_ids, vision_masks, position_ids, segment_ids, attention_mask, return_kv=False):
+    def _hidden(self, input_ids, vision_masks, position_ids, segment_ids, attention_mask):
         x = self.transformer.embed(input_ids, vision_masks)
         cos, sin = rope_angles(position_ids, self.config.head_dim, self.config.rope_theta)
-        out = self.transformer.h(x, cos, sin, segment_ids=segment_ids, attention_mask=attention_mask,
-                                 return_kv=return_kv)
-        if return_kv:
-            return self.transformer.ln_f(out[0], self.config.dtype), out[1]
+        out = self.transformer.h(x, cos, sin, segment_ids=segment_ids, attention_mask=attention_mask)
         return self.transformer.ln_f(out, self.config.dtype)
 
     def _heads(self, hidden):
@@ -115,146 +104,106 @@ class LWMModel(nnx.Module):
         vision_logits = self.vision_head(hidden, dtype) if self.vision_head is not None else None
         return text_logits, vision_logits
 
-    def _check_inputs(self, input_ids, vision_masks) -> tuple[int, int]:
+    def _check_inputs(self, input_ids, vision_masks, *, check_ids: bool = True) -> tuple[int, int]:
+        cfg = self.config
         if input_ids.ndim != 2:
             raise LWMError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
         batch, seq = input_ids.shape
-        if seq > self.config.max_sequence_length:
+        if seq > cfg.max_sequence_length:
             raise LWMError(f"sequence of {seq} tokens exceeds max_sequence_length "
-                           f"{self.config.max_sequence_length}; shorten the input or use a longer-context "
+                           f"{cfg.max_sequence_length}; shorten the input or use a longer-context "
                            "config (e.g. ModelConfig.from_name('7b', context='1m'))")
         if vision_masks is not None:
-            if not self.config.vision:
+            if not cfg.vision:
                 raise LWMError("vision_masks given to a text-only model; load a vision-language "
                                "checkpoint or build the config with vision=True")
             if vision_masks.shape != input_ids.shape:
                 raise LWMError(f"vision_masks shape {tuple(vision_masks.shape)} must equal input_ids "
                                f"shape {tuple(input_ids.shape)}")
+        if check_ids and seq:
+            limit = cfg.vocab_size if vision_masks is None else jnp.where(vision_masks, cfg.vision_vocab_size,
+                                                                           cfg.vocab_size)
+            bad = (input_ids < 0) | (input_ids >= limit)
+            first = jnp.argmax(bad.reshape(-1))
+            raise_if(jnp.any(bad), "token id {} is outside the model's vocabulary (text ids < {}" +
+                     (f", vision ids < {cfg.vision_vocab_size}" if cfg.vision else "") +
+                     "); check that the tokenizer and vision codes match this model",
+                     input_ids.reshape(-1)[first], cfg.vocab_size)
         return batch, seq
 
     # ---------------------------------------------------------------- cached decoding
     def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
-        """An empty KV cache for up to `max_length` tokens per row."""
-        cfg = self.config
-        if max_length > cfg.max_sequence_length:
-            raise LWMError(f"cache of {max_length} tokens exceeds max_sequence_length {cfg.max_sequence_length}")
-        shape = (cfg.num_hidden_layers, batch_size, max_length, cfg.num_attention_heads, cfg.head_dim)
-        dtype = dtype or cfg.dtype
-        return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-                       key_valid=jnp.zeros((batch_size, max_length), bool),
-                       length=jnp.zeros((), jnp.int32),
-                       next_position=jnp.zeros((batch_size,), jnp.int32))
+        """An empty KV cache for up to `max_length` tokens per row, on this model's mesh."""
+        return kv.init_cache(self.config, batch_size, max_length, mesh=self.mesh, dtype=dtype)
 
-    def prefill(self, input_ids, cache: KVCache, vision_masks=None, attention_mask=None, *,
-                last_only: bool = False):
-        """Run a (left-padded) prompt [B, T] through the model into an EMPTY cache.
+    def extend(self, input_ids, cache: KVCache, vision_masks=None, attention_mask=None, *,
+               last_only: bool = False, check_ids: bool = True):
+        """Append tokens [B, T] after what the cache holds (any T: a prompt chunk or decoded tokens).
 
-        Uses the configured attention (blockwise/ring for long prompts). Returns
-        (text_logits, vision_logits, cache); with `last_only` the logits are those of the last
-        position only ([B, 1, V]), which is all generation needs and skips the vocabulary
-        projection of the rest of the prompt.
+        `attention_mask` [B, T] (False = padding) marks padding inside the new tokens, e.g. the left
+        padding of a batch of prompts; padded slots are never attended and do not advance a row's
+        positions. Returns (text_logits, vision_logits, cache): the logits of the new positions,
+        equal to the full forward pass's there ([B, 1, V] of the last one with `last_only`).
         """
-        batch, seq = self._check_inputs(input_ids, vision_masks)
-        self._check_room(cache, seq)
-        if attention_mask is None:
-            attention_mask = jnp.ones((batch, seq), bool)
-        attention_mask = attention_mask.astype(bool)
-        position_ids = default_position_ids(batch, seq, attention_mask)
-        hidden, kv = self._hidden(input_ids, vision_masks, position_ids, None, attention_mask, return_kv=True)
-        write = lambda c, new: jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), 0, axis=2)
-        cache = KVCache(k=write(cache.k, kv.k), v=write(cache.v, kv.v),
-                        key_valid=jax.lax.dynamic_update_slice_in_dim(cache.key_valid, attention_mask, 0, axis=1),
-                        length=jnp.asarray(seq, jnp.int32),
-                        next_position=jnp.sum(attention_mask, axis=1, dtype=jnp.int32))
-        return (*self._heads(hidden[:, -1:] if last_only else hidden), cache)
-
-    def decode(self, input_ids, cache: KVCache, vision_masks=None):
-        """Append new tokens [B, T] (usually T = 1) after what the cache holds.
-
-        Returns (text_logits, vision_logits, cache); equal to the full forward's logits at those positions.
-        """
-        batch, seq = self._check_inputs(input_ids, vision_masks)
-        self._check_room(cache, seq)
-        steps = jnp.arange(seq, dtype=jnp.int32)
-        position_ids = cache.next_position[:, None] + steps[None, :]  # [B, T]
-        key_valid = jax.lax.dynamic_update_slice_in_dim(cache.key_valid, jnp.ones((batch, seq), bool),
-                                                        cache.length, axis=1)
-        slots = jnp.arange(cache.max_length, dtype=jnp.int32)
-        causal = slots[None, :] <= cache.length + steps[:, None]  # [T, S]
-        ctx = DecodeContext(index=cache.length, mask=key_valid[:, None, :] & causal[None])
+        batch, seq = self._check_inputs(input_ids, vision_masks, check_ids=check_ids)
+        if cache.batch_size != batch:
+            raise LWMError(f"the KV cache holds {cache.batch_size} rows but {batch} were given")
+        kv.check_room(cache, seq)
+        mask = jnp.ones((batch, seq), bool) if attention_mask is None else attention_mask.astype(bool)
+        position_ids = cache.next_position[:, None] + jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1  # [B, T]
+        key_valid = jax.lax.dynamic_update_slice_in_dim(cache.key_valid, mask, cache.length, axis=1)
+        step = CacheStep(index=cache.length, q_slots=cache.length + jnp.arange(seq, dtype=jnp.int32),
+                         key_valid=key_valid)
         x = self.transformer.embed(input_ids, vision_masks)
         cos, sin = rope_angles(position_ids, self.config.head_dim, self.config.rope_theta)
-        x, layer_cache = self.transformer.h.decode(x, cos, sin, LayerCache(cache.k, cache.v), ctx)
-        hidden = self.transformer.ln_f(x, self.config.dtype)
-        cache = KVCache(k=layer_cache.k, v=layer_cache.v, key_valid=key_valid, length=cache.length + seq,
-                        next_position=cache.next_position + seq)
+        x, k, v = self.transformer.h.extend(x, cos, sin, cache.k, cache.v, step)
+        hidden = self.transformer.ln_f(x[:, -1:] if last_only else x, self.config.dtype)
+        cache = KVCache(k=k, v=v, key_valid=key_valid, length=cache.length + seq,
+                        next_position=cache.next_position + jnp.sum(mask, axis=1, dtype=jnp.int32))
         return (*self._heads(hidden), cache)
 
-    @staticmethod
-    def _check_room(cache: KVCache, seq: int) -> None:
-        if isinstance(cache.length, jax.core.Tracer):
-            return  # inside jit the caller sized the cache (see lwm_core.sampling)
-        if int(cache.length) + seq > cache.max_length:
-            raise LWMError(f"KV cache full: {int(cache.length)} + {seq} tokens exceed its {cache.max_length} "
-                           "slots; create it with a larger max_length")
+    def prefill(self, input_ids, cache: KVCache, vision_masks=None, attention_mask=None, *,
+                chunk_size: int | None = None, last_only: bool = False):
+        """Run a (left-padded) prompt [B, T] into the cache, `chunk_size` tokens at a time (None: all
+        at once), so memory holds the cache and one chunk. The cache may already hold tokens (a
+        follow-up turn). A first shorter chunk takes T % chunk_size tokens so the rest are whole.
+
+        Returns (text_logits, vision_logits, cache) as `extend`.
+        """
+        seq = input_ids.shape[1]
+        if chunk_size is not None and chunk_size < 1:
+            raise LWMError(f"chunk_size must be positive, got {chunk_size}")
+        chunk = seq if not chunk_size else min(chunk_size, seq)
+        bounds = list(range(seq % chunk, seq + 1, chunk))
+        if bounds[0] != 0:
+            bounds.insert(0, 0)
+        outputs = []
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            cut = lambda x: None if x is None else x[:, start:stop]
+            *logits, cache = self.extend(cut(input_ids), cache, cut(vision_masks), cut(attention_mask),
+                                         last_only=last_only)
+            outputs.append(logits)
+        if last_only or len(outputs) == 1:
+            return (*outputs[-1], cache)
+        text = jnp.concatenate([o[0] for o in outputs], axis=1)
+        vision = None if outputs[0][1] is None else jnp.concatenate([o[1] for o in outputs], axis=1)
+        return text, vision, cache
+
+    def decode(self, input_ids, cache: KVCache, vision_masks=None, *, check_ids: bool = True):
+        """Append new tokens [B, T] (usually T = 1) after what the cache holds -> (text_logits,
+        vision_logits, cache)."""
+        return self.extend(input_ids, cache, vision_masks, check_ids=check_ids)
 
     # ---------------------------------------------------------------- parameters
     def params_dict(self) -> dict[str, np.ndarray]:
         """Weights as LWM's flat checkpoint dict: key -> numpy array (scanned layout, whatever
         `scan_layers` says about how this model runs them)."""
-        return checkpoint_dict(nnx.state(self, nnx.Param))
+        return state_to_params(nnx.state(self, nnx.Param))
 
     @classmethod
-    def from_params(cls, config: ModelConfig, params: dict[str, np.ndarray]) -> LWMModel:
-        """Build a model from LWM's flat checkpoint dict (scanned layout) without initialising
-        random weights first."""
-        from lwm_core.checkpoint import check_shapes
+    def from_params(cls, config: ModelConfig, params: dict[str, np.ndarray], *, mesh=None) -> LWMModel:
+        """A model from LWM's flat checkpoint dict (scanned layout), placed on `mesh` if given.
+        The dict is not modified (see `lwm_core.sharding.build_model` to consume it)."""
+        from lwm_core.sharding import build_model
 
-        check_shapes(params, param_shapes(config))
-        model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
-        dtype = jnp.dtype(config.param_dtype)
-
-        def value(path):
-            key, layer = _checkpoint_key(path)
-            array = params[key] if layer is None else params[key][layer]
-            return jnp.asarray(array, dtype)
-
-        flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-        nnx.update(model, nnx.from_flat_state([(path, var.replace(value(path))) for path, var in flat]))
-        return model
-
-
-_UNSCANNED = ("transformer", "h", "layers")
-
-
-def checkpoint_dict(state: nnx.State) -> dict[str, np.ndarray]:
-    """A model's parameter State (or its gradients) -> LWM's flat checkpoint dict, scanned layout."""
-    params, per_layer = {}, {}
-    for path, var in nnx.to_flat_state(state):
-        key, layer = _checkpoint_key(path)
-        if layer is None:
-            params[key] = np.asarray(var[...])
-        else:
-            per_layer.setdefault(key, {})[layer] = np.asarray(var[...])
-    for key, layers in per_layer.items():
-        params[key] = np.stack([layers[i] for i in range(len(layers))])
-    return params
-
-
-def _checkpoint_key(path: tuple) -> tuple[str, int | None]:
-    """NNX state path -> (LWM scanned checkpoint key, layer index or None). Unscanned layers live at
-    transformer/h/layers/<i>/...; their checkpoint key is the scanned one, indexed by layer."""
-    if tuple(path[:3]) == _UNSCANNED:
-        return "/".join(("transformer", "h", "scan_decoder", *map(str, path[4:]))), int(path[3])
-    return "/".join(map(str, path)), None
-
-
-def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Checkpoint key -> shape for a config (scanned layout), computed with `nnx.eval_shape` (no memory)."""
-    abstract = nnx.eval_shape(lambda: LWMModel(config.replace(scan_layers=True), rngs=nnx.Rngs(0)))
-    return {"/".join(map(str, path)): tuple(var.shape)
-            for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param))}
-
-
-def count_params(config: ModelConfig) -> int:
-    return int(sum(np.prod(s) for s in param_shapes(config).values()))
+        return build_model(config, dict(params), mesh=mesh)

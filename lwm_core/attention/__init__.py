@@ -2,20 +2,20 @@
 
 `dot_product_attention` picks the implementation by name: 'plain' (the reference, holds [T, T]),
 'blockwise' (chunked online softmax, memory linear in T) or 'ring' (blockwise over the mesh axis `sp`,
-key/value blocks passed around the ring). `decode_attention` / `update_cache` serve KV-cache decoding,
-with the cache optionally sharded over `sp`. See docs/attention.md.
+key/value blocks passed around the ring). `cache_attention` serves KV-cache decoding and chunked
+prefill, with the cache optionally sharded over the sequence axis. See docs/attention.md.
 """
 
 from __future__ import annotations
 
 from lwm_core.attention.blockwise import blockwise_attention
-from lwm_core.attention.decode import decode_attention, update_cache
+from lwm_core.attention.decode import cache_attention
 from lwm_core.attention.layout import LAYOUTS
 from lwm_core.attention.plain import allowed_pairs, plain_attention
 from lwm_core.attention.ring import ring_attention
 from lwm_core.errors import LWMError
 
-__all__ = ["dot_product_attention", "decode_attention", "update_cache", "plain_attention", "allowed_pairs",
+__all__ = ["dot_product_attention", "cache_attention", "plain_attention", "allowed_pairs",
            "blockwise_attention", "ring_attention", "IMPLS", "LAYOUTS"]
 
 IMPLS = ("plain", "blockwise", "ring")

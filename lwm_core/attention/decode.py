@@ -1,123 +1,102 @@
-"""KV-cache decoding with the cache optionally sharded over `sp` along its slot axis.
+"""Attention of new tokens over the KV cache, with the cache optionally sharded over the sequence axis.
 
-`decode_attention`: every device attends its new queries over its own cache shard and returns a
-partial (output, max, sum); the partials are merged by log-sum-exp with `pmax`/`psum` over `sp`, so
-only [B, T, H, D]-sized partials cross devices, never the cache.
-
-`update_cache`: the device whose shard holds slots [index, index + T) writes them in place
-(`dynamic_update_slice`); other devices leave their shard untouched (a `lax.cond` skips the write).
+`cache_attention` serves both decoding (one or a few new tokens) and chunked prefill (a chunk of
+hundreds or thousands of prompt tokens): each device attends all the new queries over its own cache
+shard and returns a partial (output, log-sum-exp); the partials are merged with `pmax`/`psum` over
+the sequence axis, so only query-sized values cross devices, never the cache. Short queries use one
+matmul over the shard; long chunks use the blockwise kernel, which skips key chunks past the end of
+the filled cache.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from lwm_core.attention.plain import plain_attention
-from lwm_core.errors import LWMError
-from lwm_core.mesh import axis_size, current_mesh, logical_to_spec
+from lwm_core.attention.kernel import TokenInfo, finalize, forward_block, init_carry
+from lwm_core.mesh import axis_size, current_mesh, logical_to_spec, seq_axis
 
-SEQ_AXIS = "sp"
-
-
-def _sharded_mesh(mesh, slots: int):
-    """The mesh to shard the cache over, or None when the cache stays whole."""
-    mesh = current_mesh(mesh)
-    ring = axis_size(mesh, SEQ_AXIS)
-    if ring == 1:
-        return None
-    if slots % ring:
-        raise LWMError(f"KV cache length {slots} must divide by sp={ring} to shard it; pick a max length "
-                       f"that is a multiple of {ring}")
-    return mesh
+# Above this many score bytes per shard ([B, H, T, S] fp32) the blockwise kernel is used.
+_PLAIN_SCORE_BYTES = 1 << 25
 
 
-def _partial_attention(q, k, v, mask):
-    """Unnormalised attention of q [B, T, H, D] over one shard k, v [B, S, H, D] with mask [B, T, S]
-    -> (acc [B, T, H, D] fp32, max [B, T, H] fp32, sum [B, T, H] fp32)."""
-    s = jnp.einsum("bqhd,bkhd->bqhk", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
-    s = jnp.where(mask[:, :, None, :], s, -jnp.inf)
+def _partial_plain(q, k, v, q_slots, k_slots, valid):
+    """q [B, H, T, D] over k, v [B, H, S, D] -> (out [B, H, T, D] fp32, lse [B, H, T] fp32)."""
+    s = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
+    allowed = (k_slots[None, :] <= q_slots[:, None])[None, None] & valid[:, None, None, :]  # [B, 1, T, S]
+    s = jnp.where(allowed, s, -jnp.inf)
     m = s.max(-1)
     m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
     p = jnp.exp(s - m_safe[..., None])  # masked -> 0
-    acc = jnp.einsum("bqhk,bkhd->bqhd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return acc, m, p.sum(-1)
+    acc = jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return finalize((acc, m, p.sum(-1)))
 
 
-def decode_attention(q, k_cache, v_cache, mask, *, mesh=None):
-    """Attention of new queries q [B, T, H, D] over a KV cache [B, S, H, D] with an explicit [B, T, S]
-    mask (cache slots that hold real tokens at or before each query's position) -> [B, T, H, D].
+def _partial_blockwise(q, k, v, q_slots, k_slots, valid, query_chunk_size, key_chunk_size):
+    """As `_partial_plain`, chunk by chunk: memory [B, H, q_chunk, k_chunk] per step."""
+    t, s = q.shape[2], k.shape[2]
+    qc = min(query_chunk_size, t)
+    kc = math.gcd(s, key_chunk_size)
+    padded = -(-t // qc) * qc
+    if padded != t:
+        q = jnp.pad(q, ((0, 0), (0, 0), (0, padded - t), (0, 0)))
+        q_slots = jnp.pad(q_slots, (0, padded - t), constant_values=jnp.iinfo(jnp.int32).max)
+    carry = forward_block(q, k, v, TokenInfo(q_slots), TokenInfo(k_slots, None, valid), init_carry(q),
+                          causal=True, q_chunk=qc, k_chunk=kc)
+    out, lse = finalize(carry)
+    return out[:, :, :t], lse[:, :, :t]
 
-    With an `sp` mesh (argument or context) the cache is sharded along S and merged by log-sum-exp.
-    A query with no visible slot gets zeros.
+
+def _partial(q, k, v, q_slots, k_slots, valid, query_chunk_size, key_chunk_size):
+    b, h, t, _ = q.shape
+    if b * h * t * k.shape[2] * 4 <= _PLAIN_SCORE_BYTES:
+        return _partial_plain(q, k, v, q_slots, k_slots, valid)
+    return _partial_blockwise(q, k, v, q_slots, k_slots, valid, query_chunk_size, key_chunk_size)
+
+
+def cache_attention(q, k_cache, v_cache, q_slots, key_valid, *, mesh=None, query_chunk_size: int = 512,
+                    key_chunk_size: int = 512):
+    """Causal attention of new queries q [B, T, H, D] over one layer's cache k, v [B, H, S, D]
+    -> [B, T, H, D].
+
+    `q_slots` [T] int32 are the cache slots of the queries (they attend slots <= their own);
+    `key_valid` [B, S] marks the slots that hold real tokens. A query with no visible slot gets zeros.
+    With a sequence-axis mesh (argument or `jax.set_mesh`) the cache is sharded over its slots and
+    the partial results are merged by log-sum-exp.
     """
-    mesh = _sharded_mesh(mesh, k_cache.shape[1])
-    if mesh is None:
-        return plain_attention(q, k_cache, v_cache, causal=False, mask=mask)
-    batch, _, heads, _ = q.shape
+    q = jnp.swapaxes(q, 1, 2)  # [B, H, T, D]
+    q_slots = jnp.asarray(q_slots, jnp.int32)
+    key_valid = key_valid.astype(bool)
+    mesh = current_mesh(mesh)
+    axis = seq_axis()
+    ring = axis_size(mesh, axis)
+    chunks = dict(query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
+    if ring == 1:
+        k_slots = jnp.arange(k_cache.shape[2], dtype=jnp.int32)
+        out, _ = _partial(q, k_cache, v_cache, q_slots, k_slots, key_valid, **chunks)
+        return jnp.swapaxes(out, 1, 2).astype(q.dtype)
+    batch, heads, _, _ = q.shape
+    local = k_cache.shape[2] // ring
     b_axes = logical_to_spec(["batch"], mesh, [batch])[0]
     h_axes = logical_to_spec(["heads"], mesh, [heads])[0]
 
-    def per_device(q, k, v, mask):
-        acc, m, denom = _partial_attention(q, k, v, mask)
-        m_all = lax.pmax(m, SEQ_AXIS)  # [B, T, H]
-        m_safe = jnp.where(jnp.isfinite(m_all), m_all, 0.0)
-        weight = jnp.exp(m - m_safe)  # 0 for a shard with no visible slot
-        denom = lax.psum(denom * weight, SEQ_AXIS)
-        acc = lax.psum(acc * weight[..., None], SEQ_AXIS)
-        return (acc / jnp.where(denom > 0, denom, 1.0)[..., None]).astype(q.dtype)
+    def per_device(q, k, v, q_slots, valid):
+        k_slots = lax.axis_index(axis) * local + jnp.arange(local, dtype=jnp.int32)
+        out, lse = _partial(q, k, v, q_slots, k_slots, valid, **chunks)
+        top = lax.pmax(lse, axis)  # [B, H, T]
+        top = jnp.where(jnp.isfinite(top), top, 0.0)
+        weight = jnp.exp(lse - top)  # 0 for a shard with no visible slot
+        total = lax.psum(weight, axis)
+        out = lax.psum(out * weight[..., None], axis)
+        return (out / jnp.where(total > 0, total, 1.0)[..., None]).astype(q.dtype)
 
-    q_spec = P(b_axes, None, h_axes, None)
-    cache_spec = P(b_axes, SEQ_AXIS, h_axes, None)
-    return jax.shard_map(per_device, mesh=mesh, out_specs=q_spec, check_vma=False,
-                         in_specs=(q_spec, cache_spec, cache_spec, P(b_axes, None, SEQ_AXIS)))(
-        q, k_cache, v_cache, mask.astype(bool))
-
-
-def _write_local(cache, new, start):
-    """Write new [B, T, H, D] at local slot `start` of a shard [B, S_l, H, D]; slots outside the shard
-    are dropped. `start` may be negative or past the end (the write then covers part or none)."""
-    slots, count = cache.shape[1], new.shape[1]
-    inside = (start >= 0) & (start + count <= slots)
-    overlaps = (start < slots) & (start + count > 0)
-
-    def whole(cache):  # the common case: one shard owns every new slot
-        return lax.dynamic_update_slice_in_dim(cache, new, start, axis=1)
-
-    def straddling(cache):  # the new slots span a shard boundary: write the owned part only
-        offset = jnp.arange(slots) - start  # [S_l] index into `new`
-        owned = (offset >= 0) & (offset < count)
-        taken = jnp.take(new, jnp.clip(offset, 0, count - 1), axis=1)
-        return jnp.where(owned[None, :, None, None], taken, cache)
-
-    if count > slots:  # a prompt longer than a shard never fits in one
-        return lax.cond(overlaps, straddling, lambda c: c, cache)
-    branch = jnp.where(inside, 0, jnp.where(overlaps, 1, 2))
-    return lax.switch(branch, (whole, straddling, lambda c: c), cache)
-
-
-def update_cache(cache, new, index, *, mesh=None):
-    """Write `new` [B, T, H, D] into `cache` [B, S, H, D] at slots [index, index + T) -> cache.
-
-    With an `sp` mesh the cache is sharded along S and only the shard(s) owning those slots write.
-    """
-    if new.shape[1] > cache.shape[1]:
-        raise LWMError(f"cannot write {new.shape[1]} tokens into a KV cache of {cache.shape[1]} slots")
-    new = new.astype(cache.dtype)
-    index = jnp.asarray(index, jnp.int32)
-    mesh = _sharded_mesh(mesh, cache.shape[1])
-    if mesh is None:
-        return lax.dynamic_update_slice_in_dim(cache, new, index, axis=1)
-    batch, slots, heads, _ = cache.shape
-    shard = slots // axis_size(mesh, SEQ_AXIS)
-    b_axes = logical_to_spec(["batch"], mesh, [batch])[0]
-    h_axes = logical_to_spec(["heads"], mesh, [heads])[0]
-
-    def per_device(cache, new, index):
-        return _write_local(cache, new, index - lax.axis_index(SEQ_AXIS) * shard)
-
-    cache_spec = P(b_axes, SEQ_AXIS, h_axes, None)
-    return jax.shard_map(per_device, mesh=mesh, out_specs=cache_spec, check_vma=False,
-                         in_specs=(cache_spec, P(b_axes, None, h_axes, None), P()))(cache, new, index)
+    q_spec = P(b_axes, h_axes, None, None)
+    cache_spec = P(b_axes, h_axes, axis, None)
+    out = jax.shard_map(per_device, mesh=mesh, out_specs=q_spec, check_vma=False,
+                        in_specs=(q_spec, cache_spec, cache_spec, P(), P(b_axes, axis)))(
+        q, k_cache, v_cache, q_slots, key_valid)
+    return jnp.swapaxes(out, 1, 2)

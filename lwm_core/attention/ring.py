@@ -20,9 +20,7 @@ from jax.sharding import PartitionSpec as P
 from lwm_core.attention import layout as layouts
 from lwm_core.attention.blockwise import blockwise_attention, check_inputs, local_attention, pad_to
 from lwm_core.attention.kernel import TokenInfo, chunk_allowed
-from lwm_core.mesh import axis_size, current_mesh, logical_to_spec
-
-SEQ_AXIS = "sp"
+from lwm_core.mesh import axis_size, current_mesh, logical_to_spec, seq_axis
 
 
 def ring_attention(q, k, v, *, causal: bool = True, segment_ids=None, mask=None, layout: str = "contiguous",
@@ -35,7 +33,8 @@ def ring_attention(q, k, v, *, causal: bool = True, segment_ids=None, mask=None,
     check_inputs(q, k, v, segment_ids, mask, query_chunk_size, key_chunk_size)
     layouts.check(layout)
     mesh = current_mesh(mesh)
-    ring = axis_size(mesh, SEQ_AXIS)
+    axis = seq_axis()  # the mesh axis LOGICAL_AXIS_RULES gives the sequence
+    ring = axis_size(mesh, axis)
     if ring == 1:
         return blockwise_attention(q, k, v, causal=causal, segment_ids=segment_ids, mask=mask,
                                    query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
@@ -53,9 +52,9 @@ def ring_attention(q, k, v, *, causal: bool = True, segment_ids=None, mask=None,
 
     b_axes = logical_to_spec(["batch"], mesh, [batch])[0]
     h_axes = logical_to_spec(["heads"], mesh, [heads])[0]
-    qkv_spec, tok_spec = P(b_axes, SEQ_AXIS, h_axes, None), P(b_axes, SEQ_AXIS)
+    qkv_spec, tok_spec = P(b_axes, axis, h_axes, None), P(b_axes, axis)
     args = [q, k, v, jnp.asarray(perm)]
-    specs = [qkv_spec, qkv_spec, qkv_spec, P(SEQ_AXIS)]
+    specs = [qkv_spec, qkv_spec, qkv_spec, P(axis)]
     has_seg, has_mask = segment_ids is not None, mask is not None
     args += [x for x in (segment_ids, mask) if x is not None]
     specs += [tok_spec] * (has_seg + has_mask)
@@ -65,7 +64,7 @@ def ring_attention(q, k, v, *, causal: bool = True, segment_ids=None, mask=None,
         seg = rest.pop(0) if has_seg else None
         valid = rest.pop(0) if has_mask else None
         return local_attention(q, k, v, pos, seg, valid, causal=causal, query_chunk_size=query_chunk_size,
-                               key_chunk_size=key_chunk_size, axis_name=SEQ_AXIS, axis_size=ring)
+                               key_chunk_size=key_chunk_size, axis_name=axis, axis_size=ring)
 
     out = jax.shard_map(per_device, mesh=mesh, in_specs=tuple(specs), out_specs=qkv_spec,
                         check_vma=False)(*args)

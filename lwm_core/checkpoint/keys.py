@@ -145,6 +145,36 @@ def stack_infos(infos: list[ArrayInfo]) -> ArrayInfo:
     return ArrayInfo((len(infos), *infos[0].shape), infos[0].dtype)
 
 
+_STATE_UNSCANNED = ("transformer", "h", "layers")  # an unscanned model's layers: transformer/h/layers/<i>/...
+
+
+def state_key(path: tuple) -> tuple[str, int | None]:
+    """NNX state path of a model weight -> (canonical checkpoint key, layer index or None).
+
+    A scanned model's state paths are the keys themselves; an unscanned model keeps layer i at
+    transformer/h/layers/<i>/..., whose key is the scanned one, indexed by layer.
+    """
+    if tuple(map(str, path[:3])) == _STATE_UNSCANNED:
+        return SCAN_PREFIX + "/".join(map(str, path[4:])), int(path[3])
+    return "/".join(map(str, path)), None
+
+
+def state_to_params(state) -> dict[str, np.ndarray]:
+    """A model's parameter nnx.State (or its gradients) -> canonical flat dict, scanned layout."""
+    from flax import nnx
+
+    params, per_layer = {}, {}
+    for path, var in nnx.to_flat_state(state):
+        key, layer = state_key(path)
+        if layer is None:
+            params[key] = np.asarray(var[...])
+        else:
+            per_layer.setdefault(key, {})[layer] = np.asarray(var[...])
+    for key, layers in per_layer.items():
+        params[key] = np.stack([layers[i] for i in range(len(layers))])
+    return params
+
+
 def iter_layout(params: Mapping[str, np.ndarray], layout: str) -> Iterator[tuple[str, np.ndarray]]:
     """(key, array) pairs of `params` in `layout`, sorted by key; unscanned yields per-layer views."""
     if layout not in ("scanned", "unscanned"):
