@@ -23,6 +23,7 @@ _EXPORTS = {
     "load_params": "lwm_core.checkpoint",
     "save_params": "lwm_core.checkpoint",
     "make_mesh": "lwm_core.mesh",
+    "plan_layout": "lwm_core.layout",
     "VQGANConfig": "lwm_core.vqgan",
     "load_vqgan": "lwm_core.vqgan",
     "read_video": "lwm_core.video",
