@@ -14,6 +14,8 @@ cache lives in `lwm_core.cache`.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,10 +26,20 @@ from lwm_core.cache import KVCache
 from lwm_core.checkpoint.keys import state_to_params
 from lwm_core.config import ModelConfig
 from lwm_core.decoder import CacheStep, LayerStack
-from lwm_core.errors import LWMError, raise_if
+from lwm_core.errors import LWMError, from_runtime_error, raise_if
 from lwm_core.layers import Dense, Embed, RMSNorm, rope_angles
 
 __all__ = ["KVCache", "LWMModel", "default_position_ids"]
+
+
+def _tracing(*arrays) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6, 7))
+def _extend_jit(graphdef, state, input_ids, cache, vision_masks, attention_mask, last_only, check_ids):
+    model = nnx.merge(graphdef, state)
+    return model.extend(input_ids, cache, vision_masks, attention_mask, last_only=last_only, check_ids=check_ids)
 
 
 def default_position_ids(batch: int, seq: int, attention_mask=None, segment_ids=None) -> jax.Array:
@@ -178,10 +190,11 @@ class LWMModel(nnx.Module):
         if bounds[0] != 0:
             bounds.insert(0, 0)
         outputs = []
+        extend = self.extend if _tracing(input_ids, cache.k) else self._compiled_extend()
         for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
             cut = lambda x: None if x is None else x[:, start:stop]
-            *logits, cache = self.extend(cut(input_ids), cache, cut(vision_masks), cut(attention_mask),
-                                         last_only=last_only)
+            *logits, cache = extend(cut(input_ids), cache, cut(vision_masks), cut(attention_mask),
+                                    last_only=last_only)
             outputs.append(logits)
         if last_only or len(outputs) == 1:
             return (*outputs[-1], cache)
@@ -192,7 +205,25 @@ class LWMModel(nnx.Module):
     def decode(self, input_ids, cache: KVCache, vision_masks=None, *, check_ids: bool = True):
         """Append new tokens [B, T] (usually T = 1) after what the cache holds -> (text_logits,
         vision_logits, cache)."""
-        return self.extend(input_ids, cache, vision_masks, check_ids=check_ids)
+        extend = self.extend if _tracing(input_ids, cache.k) else self._compiled_extend()
+        return extend(input_ids, cache, vision_masks, check_ids=check_ids)
+
+    def _compiled_extend(self):
+        """`extend` compiled, for eager callers of `prefill` / `decode` (one compile per shape)."""
+        graphdef, state = nnx.split(self)
+
+        def run(input_ids, cache, vision_masks=None, attention_mask=None, *, last_only=False, check_ids=True):
+            kv.check_room(cache, input_ids.shape[1])  # eagerly: a plain LWMError
+            try:
+                return _extend_jit(graphdef, state, jnp.asarray(input_ids), cache, vision_masks, attention_mask,
+                                   last_only, check_ids)
+            except jax.errors.JaxRuntimeError as exc:
+                error = from_runtime_error(exc)
+                if error is None:
+                    raise
+                raise error from None
+
+        return run
 
     # ---------------------------------------------------------------- parameters
     def params_dict(self) -> dict[str, np.ndarray]:

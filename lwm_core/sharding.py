@@ -19,7 +19,8 @@ from jax.sharding import NamedSharding
 from lwm_core.checkpoint.common import np_dtype
 from lwm_core.checkpoint.keys import check_config, state_key
 from lwm_core.config import ModelConfig
-from lwm_core.mesh import current_mesh, logical_to_spec
+from lwm_core.errors import LWMError
+from lwm_core.mesh import axis_size, current_mesh, logical_to_spec
 from lwm_core.model import LWMModel
 
 
@@ -61,20 +62,20 @@ def build_model(config: ModelConfig, params: dict | None = None, *, mesh=None, s
         raise ValueError("build_model needs a concrete jax.sharding.Mesh (lwm_core.make_mesh)")
     if mesh is not None and mesh.size == 1:
         mesh = None
+    if mesh is not None and config.num_attention_heads % axis_size(mesh, "tp"):
+        raise LWMError(f"{config.num_attention_heads} attention heads do not divide over tp="
+                       f"{axis_size(mesh, 'tp')} devices; pick a mesh whose tp divides the head count")
     if params is None:
-        if mesh is None:
-            return LWMModel(config, rngs=nnx.Rngs(seed))
+        # One jitted initialiser for every mesh (and none), so the values are the same bits whatever
+        # the layout; with a mesh its outputs are born on their shards.
         graphdef, abstract = nnx.split(abstract_model(config, mesh, seed))
-        shardings = jax.tree.map(lambda v: _sharding(v, mesh), abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))
+        is_var = lambda x: isinstance(x, nnx.Variable)
+        shardings = None if mesh is None else jax.tree.map(lambda v: _sharding(v, mesh), abstract, is_leaf=is_var)
 
-        @jax.jit
         def init():
-            state = nnx.split(LWMModel(config, rngs=nnx.Rngs(seed), mesh=mesh))[1]
-            return jax.tree.map(lambda v, s: v.replace(jax.lax.with_sharding_constraint(v[...], s)), state,
-                                shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
+            return nnx.split(LWMModel(config, rngs=nnx.Rngs(seed), mesh=mesh))[1]
 
-        state = jax.jit(init, out_shardings=shardings)()
-        return nnx.merge(graphdef, state)
+        return nnx.merge(graphdef, jax.jit(init, out_shardings=shardings)())
 
     check_config(params, config, "the checkpoint")
     graphdef, abstract = nnx.split(abstract_model(config, mesh, seed))

@@ -127,6 +127,7 @@ def test_expected_shapes_match_lwm_key_list():
 
 
 def test_expected_shapes_match_the_model():
-    import lwm_core.model as model
+    from lwm_core.sharding import param_shapes
+
     for config in (CONFIG, CONFIG.replace(vision=True)):
-        assert expected_shapes(config) == model.param_shapes(config)
+        assert expected_shapes(config) == param_shapes(config)

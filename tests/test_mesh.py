@@ -8,8 +8,10 @@ from jax.sharding import PartitionSpec as P
 
 from lwm_core import make_mesh
 from lwm_core.errors import LWMError
-from lwm_core.mesh import (current_mesh, logical_to_spec, pad_sequence, param_logical_axes, param_specs,
-                           parse_mesh_shape, shard_batch, shard_params)
+from lwm_core.config import ModelConfig
+from lwm_core.mesh import (LOGICAL_AXIS_RULES, current_mesh, logical_to_spec, pad_sequence, parse_mesh_shape,
+                           seq_axis, shard_batch)
+from lwm_core.sharding import param_logical_axes
 
 
 @pytest.mark.parametrize("spec,expected", [("1,-1,1,1", (1, 8, 1, 1)), ("1,1,2,4", (1, 1, 2, 4)),
@@ -40,25 +42,23 @@ def test_logical_to_spec_drops_size_one_and_non_dividing_axes():
     assert logical_to_spec(["embed", "mlp"], mesh, shape=(8, 8)) == P("fsdp", "tp")
 
 
-def test_param_logical_axes_follow_lwm_keys():
-    assert param_logical_axes("transformer/wte/embedding", 2) == ("vocab", "embed")
-    assert param_logical_axes("transformer/h/scan_decoder/attention/wq/kernel", 3) == ("layers", "embed", "heads")
-    assert param_logical_axes("transformer/h/0/feed_forward/w2/kernel", 2) == ("mlp", "embed")
-    assert param_logical_axes("transformer/h/0/attention_norm/kernel", 1) == (None,)
-    assert param_logical_axes("lm_head/kernel", 2) == ("embed", "vocab")
+def test_parameters_carry_their_logical_axes():
+    axes = param_logical_axes(ModelConfig.from_name("debug", vision=True))
+    assert axes["transformer/wte/embedding"] == ("vocab", "embed")
+    assert axes["transformer/vte/embedding"] == ("vocab", "embed")
+    assert axes["transformer/h/scan_decoder/attention/wq/kernel"] == ("layers", "embed", "heads")
+    assert axes["transformer/h/scan_decoder/attention/wo/kernel"] == ("layers", "heads", "embed")
+    assert axes["transformer/h/scan_decoder/feed_forward/w2/kernel"] == ("layers", "mlp", "embed")
+    assert axes["transformer/h/scan_decoder/attention_norm/kernel"] == ("layers", None)
+    assert axes["lm_head/kernel"] == axes["vision_head/kernel"] == ("embed", "vocab")
+    assert axes["transformer/ln_f/kernel"] == (None,)
 
 
-def test_shard_params_places_each_weight():
-    mesh = make_mesh("1,2,2,2")
-    params = {"transformer": {"wte": {"embedding": jnp.zeros((16, 8))},
-                              "h": {"scan_decoder": {"attention": {"wo": {"kernel": jnp.zeros((2, 8, 8))}}}}},
-              "lm_head": {"kernel": jnp.zeros((8, 15))}}
-    specs = param_specs(params, mesh)
-    assert specs["transformer"]["wte"]["embedding"] == P("tp", "fsdp")
-    assert specs["transformer"]["h"]["scan_decoder"]["attention"]["wo"]["kernel"] == P(None, "tp", "fsdp")
-    assert specs["lm_head"]["kernel"] == P("fsdp", None)  # 15 does not divide by tp = 2
-    placed = shard_params(params, mesh)
-    assert placed["transformer"]["wte"]["embedding"].sharding.spec == P("tp", "fsdp")
+def test_sequence_axis_comes_from_the_rules_table(monkeypatch):
+    assert seq_axis() == LOGICAL_AXIS_RULES["seq"] == "sp"
+    monkeypatch.setitem(LOGICAL_AXIS_RULES, "seq", ("sp", "tp"))
+    with pytest.raises(LWMError, match="one mesh axis"):
+        seq_axis()
 
 
 def test_shard_batch_and_padding():
