@@ -51,12 +51,12 @@ class Attention(nnx.Module):
         """[B, T, H, Dh] -> [B, T, D]."""
         return self.wo(out.reshape(*out.shape[:2], -1), self.config.dtype)
 
-    def __call__(self, x, cos, sin, *, segment_ids=None, attention_mask=None):
+    def __call__(self, x, cos, sin, *, segment_ids=None, attention_mask=None, positions=None):
         cfg = self.config
         q, k, v = self.project(x, cos, sin)
         out = attention.dot_product_attention(
             q, k, v, causal=True, segment_ids=segment_ids, mask=attention_mask,
-            impl=cfg.attention_impl, layout=cfg.sequence_layout, mesh=self.mesh,
+            impl=cfg.attention_impl, layout=cfg.sequence_layout, mesh=self.mesh, positions=positions,
             query_chunk_size=cfg.scan_query_chunk_size, key_chunk_size=cfg.scan_key_chunk_size)
         return self.output(out), (k, v)
 
@@ -111,10 +111,10 @@ class DecoderLayer(nnx.Module):
                                 param_dtype=config.param_dtype, stack=stack)
         self.config = config
 
-    def __call__(self, x, cos, sin, *, segment_ids=None, attention_mask=None):
+    def __call__(self, x, cos, sin, *, segment_ids=None, attention_mask=None, positions=None):
         dtype = self.config.dtype
         h, kv = self.attention(self.attention_norm(x, dtype), cos, sin,
-                               segment_ids=segment_ids, attention_mask=attention_mask)
+                               segment_ids=segment_ids, attention_mask=attention_mask, positions=positions)
         x = x + h
         return x + self.feed_forward(self.ffn_norm(x, dtype)), kv
 
@@ -165,12 +165,13 @@ class LayerStack(nnx.Module):
         layers = jnp.arange(self.config.num_hidden_layers, dtype=jnp.int32)
         return jax.lax.scan(self._remat(body), carry, (state, layers))[0]
 
-    def __call__(self, x, cos, sin, *, segment_ids=None, attention_mask=None):
-        """x [B, T, D] -> [B, T, D] through every layer (the full forward pass, no cache)."""
+    def __call__(self, x, cos, sin, *, segment_ids=None, attention_mask=None, positions=None):
+        """x [B, T, D] -> [B, T, D] through every layer (the full forward pass, no cache). `positions`:
+        the tokens are in a ring layout's order (see `attention.ring_attention`)."""
 
         def step(layer, _, h):
             h = constrain(h, ACTIVATION_AXES, self.mesh)
-            return layer(h, cos, sin, segment_ids=segment_ids, attention_mask=attention_mask)[0]
+            return layer(h, cos, sin, segment_ids=segment_ids, attention_mask=attention_mask, positions=positions)[0]
 
         return self._loop(step, x)
 

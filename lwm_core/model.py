@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lwm_core import attention
 from lwm_core import cache as kv
 from lwm_core.cache import KVCache
 from lwm_core.checkpoint.keys import state_to_params
@@ -101,13 +102,36 @@ class LWMModel(nnx.Module):
         batch, seq = self._check_inputs(input_ids, vision_masks)
         if position_ids is None:
             position_ids = default_position_ids(batch, seq, attention_mask, segment_ids)
-        hidden = self._hidden(input_ids, vision_masks, position_ids, segment_ids, attention_mask)
-        return self._heads(hidden)
+        order = None
+        if self.config.attention_impl == "ring":
+            # Balanced ring layouts: permute the tokens ONCE here (and the logits back at the end),
+            # so every layer's ring attention works on arranged, sp-sharded blocks with no gather.
+            order = attention.arrange_for_ring(seq, self.mesh, self.config.sequence_layout)
+        if order is not None:
+            if attention_mask is None:
+                attention_mask = jnp.ones((batch, seq), bool)
 
-    def _hidden(self, input_ids, vision_masks, position_ids, segment_ids, attention_mask):
+            def arrange(x, fill):
+                if x is None:
+                    return None
+                x = jnp.pad(x, ((0, 0), (0, len(order) - seq)), constant_values=fill)
+                return jnp.take(x, jnp.asarray(order), axis=1)
+
+            input_ids, vision_masks, attention_mask = (arrange(input_ids, 0), arrange(vision_masks, False),
+                                                       arrange(attention_mask, False))
+            segment_ids, position_ids = arrange(segment_ids, -1), arrange(position_ids, 0)
+        hidden = self._hidden(input_ids, vision_masks, position_ids, segment_ids, attention_mask, order)
+        text, vision = self._heads(hidden)
+        if order is not None:
+            back = jnp.asarray(attention.layout.inverse(order)[:seq])
+            text, vision = (None if x is None else jnp.take(x, back, axis=1) for x in (text, vision))
+        return text, vision
+
+    def _hidden(self, input_ids, vision_masks, position_ids, segment_ids, attention_mask, order=None):
         x = self.transformer.embed(input_ids, vision_masks)
         cos, sin = rope_angles(position_ids, self.config.head_dim, self.config.rope_theta)
-        out = self.transformer.h(x, cos, sin, segment_ids=segment_ids, attention_mask=attention_mask)
+        out = self.transformer.h(x, cos, sin, segment_ids=segment_ids, attention_mask=attention_mask,
+                                 positions=None if order is None else jnp.asarray(order, jnp.int32))
         return self.transformer.ln_f(out, self.config.dtype)
 
     def _heads(self, hidden):

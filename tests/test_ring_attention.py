@@ -1,11 +1,12 @@
 """Ring attention over 1, 2, 4 and 8 simulated devices against the plain reference, every layout."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_attention_helpers import assert_matches_plain, make_inputs
 
-from lwm_core.attention import dot_product_attention, layout
+from lwm_core.attention import dot_product_attention, layout, plain_attention
 from lwm_core.attention.ring import chunk_pair_counts
 from lwm_core.mesh import make_mesh
 
@@ -104,3 +105,33 @@ def test_ring_bf16_error_no_worse_than_plain_bf16():
     out = ring_fn(True, seg, mask, "zigzag", (8, 8), mesh=sp_mesh(4))(q, k, v)
     assert out.dtype == jnp.bfloat16
     assert err(out) <= err(plain_attention(q, k, v, segment_ids=seg, mask=mask))
+
+
+@pytest.mark.parametrize("lay", layout.LAYOUTS)
+def test_ring_really_runs_a_ring_and_keeps_the_sequence_sharded(lay):
+    """Guards against a silent fall-back to single-device blockwise attention: under an sp=4 mesh the
+    jaxpr passes key/value blocks with ppermute, and the output stays sharded over sp (tokens given in
+    the layout's order, as the model arranges them once before its first layer)."""
+    q, k, v, seg, mask = make_inputs(seq=32, packed=False, left_pad=True, seed=3)
+    mesh = sp_mesh(4)
+    order = layout.permutation(32, 4, lay)
+    q, k, v, mask = (jnp.take(x, jnp.asarray(order), axis=1) for x in (q, k, v, mask))
+
+    def fn(q, k, v):
+        return dot_product_attention(q, k, v, mask=mask, impl="ring", layout=lay, query_chunk_size=4,
+                                     key_chunk_size=4, mesh=mesh, positions=order)
+
+    jaxpr = str(jax.make_jaxpr(fn)(q, k, v))
+    assert "ppermute" in jaxpr and "shard_map" in jaxpr
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "sp"))
+    out = jax.jit(fn)(*(jax.device_put(x, sharding) for x in (q, k, v)))
+    assert out.sharding.spec[1] == "sp"
+    assert {s.data.shape[1] for s in out.addressable_shards} == {8}  # 32 tokens / 4 devices
+    # the arranged result is the plain result, arranged
+    q0, k0, v0, _, mask0 = make_inputs(seq=32, packed=False, left_pad=True, seed=3)
+    expected = plain_attention(q0, k0, v0, causal=True, mask=mask0)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(jnp.take(expected, jnp.asarray(order), axis=1)),
+                               atol=1e-5, rtol=1e-5)
+    # without the sp axis the same call is plain blockwise: no collective at all
+    single = str(jax.make_jaxpr(ring_fn(True, None, mask0, lay, (4, 4), mesh=sp_mesh(1)))(q0, k0, v0))
+    assert "ppermute" not in single

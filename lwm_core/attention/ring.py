@@ -20,15 +20,21 @@ from jax.sharding import PartitionSpec as P
 from lwm_core.attention import layout as layouts
 from lwm_core.attention.blockwise import blockwise_attention, check_inputs, local_attention, pad_to
 from lwm_core.attention.kernel import TokenInfo, chunk_allowed
+from lwm_core.errors import LWMError
 from lwm_core.mesh import axis_size, current_mesh, logical_to_spec, seq_axis
 
 
 def ring_attention(q, k, v, *, causal: bool = True, segment_ids=None, mask=None, layout: str = "contiguous",
-                   query_chunk_size: int = 512, key_chunk_size: int = 512, mesh=None):
+                   query_chunk_size: int = 512, key_chunk_size: int = 512, mesh=None, positions=None):
     """Exact attention with the sequence sharded over `sp`: q, k, v [B, T, H, D] -> [B, T, H, D].
 
-    T is padded (and the padding masked) up to a multiple of sp (2 sp for zigzag); batch is split over
-    dp/fsdp and heads over tp where they divide, otherwise replicated.
+    `positions` [T] (int): the inputs are ALREADY in a layout's order (the model permutes its tokens
+    once, before the first layer: `arrange_for_ring`) and `positions[i]` is the original index of
+    slot i; T must divide by sp, and the output comes back in the same order, still sharded over sp.
+    Without `positions`, T is padded (and the padding masked) up to a multiple of sp (2 sp for
+    zigzag) and permuted to `layout` here and back after (a gather per call: fine for one attention,
+    wasteful in every layer of a model). Batch is split over dp/fsdp and heads over tp where they
+    divide, otherwise replicated.
     """
     check_inputs(q, k, v, segment_ids, mask, query_chunk_size, key_chunk_size)
     layouts.check(layout)
@@ -39,16 +45,22 @@ def ring_attention(q, k, v, *, causal: bool = True, segment_ids=None, mask=None,
         return blockwise_attention(q, k, v, causal=causal, segment_ids=segment_ids, mask=mask,
                                    query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
     batch, length, heads, _ = q.shape
-    padded = -(-length // layouts.multiple(layout, ring)) * layouts.multiple(layout, ring)
-    if padded != length and mask is None:
-        mask = jnp.ones((batch, length), bool)
-    perm = layouts.permutation(padded, ring, layout)  # [T'] slot -> original position
+    if positions is not None:
+        if length % ring:
+            raise LWMError(f"arranged sequence of {length} tokens does not divide over sp={ring}")
+        perm, padded = jnp.asarray(positions, jnp.int32), length
+    else:
+        padded = -(-length // layouts.multiple(layout, ring)) * layouts.multiple(layout, ring)
+        if padded != length and mask is None:
+            mask = jnp.ones((batch, length), bool)
+        perm = layouts.permutation(padded, ring, layout)  # [T'] slot -> original position
+        if layout != "contiguous" or padded != length:
 
-    def arrange(x, fill):  # pad the sequence axis (1) and permute it to the layout
-        return None if x is None else jnp.take(pad_to(x, padded, 1, fill), perm, axis=1)
+            def arrange(x, fill):  # pad the sequence axis (1) and permute it to the layout
+                return None if x is None else jnp.take(pad_to(x, padded, 1, fill), perm, axis=1)
 
-    q, k, v = (arrange(x, 0) for x in (q, k, v))  # [B, T', H, D]
-    segment_ids, mask = arrange(segment_ids, -1), arrange(mask, False)
+            q, k, v = (arrange(x, 0) for x in (q, k, v))  # [B, T', H, D]
+            segment_ids, mask = arrange(segment_ids, -1), arrange(mask, False)
 
     b_axes = logical_to_spec(["batch"], mesh, [batch])[0]
     h_axes = logical_to_spec(["heads"], mesh, [heads])[0]
@@ -68,7 +80,22 @@ def ring_attention(q, k, v, *, causal: bool = True, segment_ids=None, mask=None,
 
     out = jax.shard_map(per_device, mesh=mesh, in_specs=tuple(specs), out_specs=qkv_spec,
                         check_vma=False)(*args)
+    if positions is not None or (layout == "contiguous" and padded == length):
+        return out  # still in the caller's order and sharded over sp
     return jnp.take(out, layouts.inverse(perm), axis=1)[:, :length]
+
+
+def arrange_for_ring(length: int, mesh, layout: str) -> np.ndarray | None:
+    """The token order a model should run ring attention in: [T'] original index of each slot,
+    T' = length padded to the layout's multiple; None when no ring runs (sp = 1) or no
+    permutation or padding is needed."""
+    ring = axis_size(current_mesh(mesh), seq_axis())
+    if ring == 1:
+        return None
+    padded = -(-length // layouts.multiple(layout, ring)) * layouts.multiple(layout, ring)
+    if layout == "contiguous" and padded == length:
+        return None
+    return layouts.permutation(padded, ring, layout)
 
 
 def chunk_pair_counts(seq_len: int, ring_size: int, layout: str, *, query_chunk_size: int,
