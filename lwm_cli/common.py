@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from lwm_core.errors import LWMError
+from lwm_core.errors import LWMError, from_runtime_error
 
 console = Console()
 err_console = Console(stderr=True)
@@ -71,6 +71,11 @@ def handle_errors(fn):
         except KeyboardInterrupt:
             err_console.print("interrupted")
             sys.exit(130)
+        except RuntimeError as exc:  # jax.errors.JaxRuntimeError: a check inside jit (overflow, bad id)
+            error = from_runtime_error(exc)
+            if error is None or os.environ.get("LWM_DEBUG"):
+                raise
+            fail(str(error))
 
     return wrapper
 

@@ -190,14 +190,25 @@ def info(
                          else apply_changes(resolve_config(config), changes))
         report["layout"] = plan_layout(layout_config, mesh, cache_length=length, batch_size=batch_size)
     if forward is not None:
+        import jax
+
         from lwm_core.loading import load_model  # imports JAX: only when a model is run
+        from lwm_core.mesh import make_mesh
         from lwm_core.probe import probe_forward
 
+        run_mesh = None
+        if mesh is not None:  # run on that mesh when this machine has its devices
+            wanted = report["layout"]["devices"]
+            if wanted != jax.device_count():
+                raise LWMError(f"--forward on --mesh {mesh} needs {wanted} devices but this machine has "
+                               f"{jax.device_count()}; drop --forward to plan only, or pick a mesh of "
+                               f"{jax.device_count()} devices")
+            run_mesh = make_mesh(mesh)
         if as_json:
-            model = load_model(checkpoint, config, **changes)
+            model = load_model(checkpoint, config, mesh=run_mesh, **changes)
         else:
             with progress_bar(f"loading {checkpoint}") as progress:
-                model = load_model(checkpoint, config, progress=progress, **changes)
+                model = load_model(checkpoint, config, progress=progress, mesh=run_mesh, **changes)
         with err_console.status(f"compiling and running a forward pass over {forward} tokens"):
             report["forward"] = probe_forward(model, forward)
     elif config is not None:

@@ -164,3 +164,35 @@ def test_decoding_past_the_end_of_a_jitted_cache_is_an_error():
         jax.block_until_ready(extend(_ids(1, 1), cache))
     with pytest.raises(LWMError, match="KV cache full"):
         model.decode(_ids(1, 1), cache)
+
+
+def test_cli_runs_a_forward_pass_on_a_mesh_and_refuses_bad_meshes_in_one_line():
+    from typer.testing import CliRunner
+
+    from lwm_cli.main import app
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["info", "--checkpoint", "random:debug", "--mesh", "1,2,2,2", "--forward", "64",
+                             "--json"])
+    assert ok.exit_code == 0, ok.output
+    for args, message in ((["--mesh", "1,1,8,1"], "2 attention heads"),  # debug has 2 heads
+                          (["--mesh", "1,1,1,16"], "needs 16 devices")):
+        bad = runner.invoke(app, ["info", "--checkpoint", "random:debug", "--forward", "64", *args])
+        assert bad.exit_code == 2 and message in bad.output, bad.output
+        assert "Traceback" not in bad.output
+
+
+def test_cli_turns_an_error_raised_inside_jit_into_one_line(monkeypatch):
+    import typer
+
+    from lwm_cli.common import handle_errors
+
+    model = load_model("random:debug", TINY)
+
+    @handle_errors
+    def command():
+        jax.block_until_ready(_forward(model, jnp.asarray([[1, 500]])))
+
+    with pytest.raises(typer.Exit) as exit_info:
+        command()
+    assert exit_info.value.exit_code == 2
