@@ -2,8 +2,8 @@
 
 Every parameter is named as in LWM's Flax checkpoints (`kernel`, `embedding`) so that the NNX
 state path of a weight is its LWM checkpoint key, and carries its logical axes as metadata
-(`logical_axes`, e.g. ('embed', 'heads')); `lwm_core.mesh.LOGICAL_AXIS_RULES` maps those to the mesh. `stack` puts leading axes in front of a weight
-(the layer axis of scanned layers).
+(`logical_axes`, e.g. ('embed', 'heads')); `lwm_core.mesh.LOGICAL_AXIS_RULES` maps those to the
+mesh. `stack` puts leading axes in front of a weight (the layer axis of scanned layers).
 """
 
 from __future__ import annotations

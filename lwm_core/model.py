@@ -216,7 +216,7 @@ class LWMModel(nnx.Module):
         outputs = []
         extend = self.extend if _tracing(input_ids, cache.k) else self._compiled_extend()
         for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-            cut = lambda x: None if x is None else x[:, start:stop]
+            cut = lambda x, start=start, stop=stop: None if x is None else x[:, start:stop]
             *logits, cache = extend(cut(input_ids), cache, cut(vision_masks), cut(attention_mask),
                                     last_only=last_only)
             outputs.append(logits)
