@@ -10,6 +10,8 @@ time, each host array dropped once placed, so host memory stays near one copy of
 
 from __future__ import annotations
 
+import gc
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,8 +94,12 @@ def build_model(config: ModelConfig, params: dict | None = None, *, mesh=None, s
             value = np.asarray(array if layer is None else array[layer])
             if value.dtype != dtype:
                 value = value.astype(dtype)
-            placed[path] = var.replace(jax.device_put(value, _sharding(var, mesh)) if mesh is not None
-                                       else jnp.asarray(value))
+            target = _sharding(var, mesh) if mesh is not None else jax.devices()[0]
+            # Wait for each copy: an asynchronous transfer keeps its host array alive (until a garbage
+            # collection, seen here), and a whole model of those is twice the model in host memory.
+            placed[path] = var.replace(jax.block_until_ready(jax.device_put(value, target, may_alias=False)))
+            del value
         del array
+        gc.collect(0)
     state = nnx.from_flat_state([(path, placed[path]) for path, _ in flat])
     return nnx.merge(graphdef, state)
