@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
