@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lwm_core.errors import LWMError
+
 
 class TokenInfo(NamedTuple):
     """Per-token masking information of a query or key block (see module docstring)."""
@@ -216,3 +218,26 @@ def backward_block(q, k, v, do, lse, delta, qi: TokenInfo, ki: TokenInfo, dq, *,
     xs = (_chunks(k, k_chunk, 2), _chunks(v, k_chunk, 2), _info_chunks(ki, k_chunk))
     dq, (dk, dv) = lax.scan(per_key_chunk, jnp.zeros_like(dq_in), xs)
     return dq_in + dq * dq_scale, _unchunk(dk, 2), _unchunk(dv, 2)
+
+
+def pad_to(x, length: int, axis: int, value=0):
+    """Pad `axis` of x at the end up to `length`."""
+    extra = length - x.shape[axis]
+    if extra == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def check_inputs(q, k, v, segment_ids, mask, query_chunk_size: int, key_chunk_size: int):
+    """One-line LWMError for shapes a caller got wrong."""
+    if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise LWMError(f"attention expects q, k, v of one shape [batch, seq, heads, head_dim]; got "
+                       f"{q.shape}, {k.shape}, {v.shape}")
+    if query_chunk_size <= 0 or key_chunk_size <= 0:
+        raise LWMError(f"chunk sizes must be positive, got {query_chunk_size}, {key_chunk_size}")
+    for name, x in (("segment_ids", segment_ids), ("mask", mask)):
+        if x is not None and tuple(x.shape) != q.shape[:2]:
+            raise LWMError(f"{name} must be [batch, seq] = {q.shape[:2]} for blockwise/ring attention, "
+                           f"got {tuple(x.shape)} (a full [B, Tq, Tk] mask needs impl='plain')")
