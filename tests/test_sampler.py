@@ -174,3 +174,15 @@ def test_bad_sampler_input_is_one_line(model):
         sampler.generate([[1]], max_new_tokens=2, head="audio")
     with pytest.raises(LWMError, match="temperature must be >= 0"):
         sampler.generate([[1]], max_new_tokens=2, settings=SamplingSettings(temperature=-1))
+
+
+def test_sampler_on_a_mesh_generates_what_one_device_does(model):
+    from lwm_core import make_mesh
+
+    prompts, masks = _mixed_prompts()
+    one = Sampler(model, chunk_size=16).generate(prompts, vision_masks=masks, max_new_tokens=5)
+    sharded_model = load_model("random:debug", CONFIG, mesh=make_mesh("1,2,2,2"))
+    sampler = Sampler(sharded_model, chunk_size=16)
+    out = sampler.generate(prompts, vision_masks=masks, max_new_tokens=5)
+    np.testing.assert_array_equal(out.tokens, one.tokens)
+    assert out.cache_length % 2 == 0  # the cache bucket is rounded to sp
