@@ -4,7 +4,8 @@ For tests, smoke runs and benchmarks without data. Each row packs `examples_per_
 padding); each example reads a repeating pattern of `pattern_len` tokens from a random phase, each
 token replaced by a uniformly random one with probability `noise`. With `vision=True` the second half
 of every example is vision codes (their own pattern), weighted 0.5 / 0.5 against the text half as LWM
-does. Deterministic: batch i depends only on (seed, i); `get_state` / `set_state` resume exactly.
+does. Deterministic: batch i depends only on (seed, i); `state` / `restore` resume exactly
+(the methods of `lwm_core.data.DataLoader`).
 
     batches = PatternBatches(batch_size=4, seq_len=64, vocab_size=97)
     batch = next(batches)  # dict of numpy [4, 64] arrays: input_ids, targets, loss_weights, ...
@@ -34,10 +35,10 @@ class PatternBatches:
     def __iter__(self) -> PatternBatches:
         return self
 
-    def get_state(self) -> dict:
+    def state(self) -> dict:
         return {"index": self.index}
 
-    def set_state(self, state: dict) -> None:
+    def restore(self, state: dict) -> None:
         self.index = int(state["index"])
 
     def __next__(self) -> dict[str, np.ndarray]:

@@ -8,9 +8,9 @@ Sections: output folder -> model and step function -> state (fresh, or the newes
 `resume=True`) -> position in the data -> the loop (step, log, save, Ctrl-C).
 
 `batches` yields dicts of [B, T] numpy arrays, the contract of `lwm_core.data` (`loss.BATCH_KEYS`).
-Its position is saved with every checkpoint: `batches.get_state()` (JSON-able) and, on resume,
-`batches.set_state(...)` when it has both (grain's convention); otherwise a resumed run skips as many
-batches as were consumed, which is exact for a deterministic iterator.
+Its position is saved with every checkpoint and put back on resume, through `state()` / `restore()`
+(`lwm_core.data.DataLoader`) or `get_state()` / `set_state()` (grain's convention); an iterator with
+neither is replayed: a resumed run skips as many batches as were consumed (exact when deterministic).
 
 Every `log_every` steps a JSON line goes to OUT/metrics.jsonl: step, loss, text_loss, vision_loss,
 text_accuracy, vision_accuracy, lr, grad_norm (before clipping), param_norm, tokens (trained target
@@ -88,7 +88,7 @@ def train(config: TrainConfig, model_or_spec: LWMModel | str, batches: Iterable[
 
             # -------------------------------------------------------- position in the data
             iterator = iter(batches)
-            source = batches if hasattr(batches, "get_state") else iterator
+            source = batches if _position_methods(batches) else iterator
             consumed = _restore_position(source, iterator, state.data_state)
 
             # -------------------------------------------------------- the loop
@@ -135,18 +135,31 @@ def _loop(config, step_fn, checkpoints, state, iterator, source, consumed, metri
 
 
 # -------------------------------------------------------------------- data position
+_POSITION_METHODS = (("state", "restore"), ("get_state", "set_state"))  # lwm_core.data's, grain's
+
+
+def _position_methods(source) -> tuple | None:
+    """(get, set) bound methods that save and restore where `source` is, or None."""
+    for get, put in _POSITION_METHODS:
+        if callable(getattr(source, get, None)) and callable(getattr(source, put, None)):
+            return getattr(source, get), getattr(source, put)
+    return None
+
+
 def _position(source, consumed: int) -> dict:
     position = {"batches": consumed}
-    if hasattr(source, "get_state"):
-        position["iterator"] = source.get_state()
+    methods = _position_methods(source)
+    if methods is not None:
+        position["iterator"] = methods[0]()
     return position
 
 
 def _restore_position(source, iterator, data_state: dict) -> int:
     """Put the data where the checkpoint left it; returns the number of batches consumed so far."""
     consumed = int(data_state.get("batches", 0))
-    if "iterator" in data_state and hasattr(source, "set_state"):
-        source.set_state(data_state["iterator"])
+    methods = _position_methods(source)
+    if "iterator" in data_state and methods is not None:
+        methods[1](data_state["iterator"])
         return consumed
     for _ in range(consumed):  # no saved iterator state: replay a deterministic iterator
         try:
