@@ -99,12 +99,25 @@ class LWMModel(nnx.Module):
         text-only models). Both heads run at every position, as in LWM; `vision_masks` says which
         one predicts each position's next token.
         """
-        batch, seq = self._check_inputs(input_ids, vision_masks)
+        hidden, order = self.hidden_states(input_ids, vision_masks, attention_mask, segment_ids, position_ids)
+        text, vision = self._heads(hidden)
+        if order is not None:
+            back = jnp.asarray(attention.layout.inverse(order)[:input_ids.shape[1]])
+            text, vision = (None if x is None else jnp.take(x, back, axis=1) for x in (text, vision))
+        return text, vision
+
+    def hidden_states(self, input_ids, vision_masks=None, attention_mask=None, segment_ids=None,
+                      position_ids=None, *, check_ids: bool = True):
+        """Final hidden states (after ln_f) [B, T', D] and the token order they are in: `order` [T'] is
+        the original index of each slot when a ring layout permutes (and pads) the tokens, None when
+        they keep their order (T' = T). A loss that sums over positions (lwm_core.train.loss) can stay
+        in that order; arguments as `__call__`."""
+        batch, seq = self._check_inputs(input_ids, vision_masks, check_ids=check_ids)
         if position_ids is None:
             position_ids = default_position_ids(batch, seq, attention_mask, segment_ids)
         order = None
         if self.config.attention_impl == "ring":
-            # Balanced ring layouts: permute the tokens ONCE here (and the logits back at the end),
+            # Balanced ring layouts: permute the tokens ONCE here (and the logits back in __call__),
             # so every layer's ring attention works on arranged, sp-sharded blocks with no gather.
             order = attention.arrange_for_ring(seq, self.mesh, self.config.sequence_layout)
         if order is not None:
@@ -120,12 +133,7 @@ class LWMModel(nnx.Module):
             input_ids, vision_masks, attention_mask = (arrange(input_ids, 0), arrange(vision_masks, False),
                                                        arrange(attention_mask, False))
             segment_ids, position_ids = arrange(segment_ids, -1), arrange(position_ids, 0)
-        hidden = self._hidden(input_ids, vision_masks, position_ids, segment_ids, attention_mask, order)
-        text, vision = self._heads(hidden)
-        if order is not None:
-            back = jnp.asarray(attention.layout.inverse(order)[:seq])
-            text, vision = (None if x is None else jnp.take(x, back, axis=1) for x in (text, vision))
-        return text, vision
+        return self._hidden(input_ids, vision_masks, position_ids, segment_ids, attention_mask, order), order
 
     def _hidden(self, input_ids, vision_masks, position_ids, segment_ids, attention_mask, order=None):
         x = self.transformer.embed(input_ids, vision_masks)

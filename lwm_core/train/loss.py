@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lwm_core import attention
-from lwm_core.model import LWMModel, default_position_ids
+from lwm_core.model import LWMModel
 
 # The batch contract (lwm_core.data): every array is [B, T].
 BATCH_KEYS = ("input_ids", "targets", "loss_weights", "segment_ids", "position_ids", "vision_masks",
@@ -34,28 +33,10 @@ SUM_KEYS = ("weighted_ce", "weight", "text_ce", "text_weight", "vision_ce", "vis
 
 def hidden_states(model: LWMModel, input_ids, vision_masks=None, attention_mask=None, segment_ids=None,
                   position_ids=None):
-    """Final hidden states (after ln_f) [B, T', D] and the token order they are in.
-
-    `order` [T'] is the original index of each slot when a ring layout permutes (and pads) the
-    tokens, None when they keep their order (T' = T). This is the first half of `LWMModel.__call__`
-    (which then applies the heads and undoes the order); ids are not checked here (the trainer checks
-    the batch on the host).
-    """
-    # TODO(model.py): call a public `LWMModel.hidden_states` once the model has one.
-    batch, seq = model._check_inputs(input_ids, vision_masks, check_ids=False)
-    if position_ids is None:
-        position_ids = default_position_ids(batch, seq, attention_mask, segment_ids)
-    order = None
-    if model.config.attention_impl == "ring":
-        order = attention.arrange_for_ring(seq, model.mesh, model.config.sequence_layout)
-    if order is not None:
-        if attention_mask is None:
-            attention_mask = jnp.ones((batch, seq), bool)
-        input_ids, vision_masks, attention_mask = (arrange(input_ids, order, 0), arrange(vision_masks, order, False),
-                                                   arrange(attention_mask, order, False))
-        segment_ids, position_ids = arrange(segment_ids, order, -1), arrange(position_ids, order, 0)
-    hidden = model._hidden(input_ids, vision_masks, position_ids, segment_ids, attention_mask, order)
-    return hidden, order
+    """Final hidden states (after ln_f) [B, T', D] and the token order they are in (`order` [T'] the
+    original index of each slot under a ring layout, else None): `LWMModel.hidden_states`, with ids not
+    checked here (the trainer checks the batch on the host)."""
+    return model.hidden_states(input_ids, vision_masks, attention_mask, segment_ids, position_ids, check_ids=False)
 
 
 def arrange(x, order, fill):
