@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from lwm_cli import convert, info, pending, tokenize_video
+from lwm_cli import convert, info, pending, tokenize_video, train
 
 app = typer.Typer(
     name="lwm",
@@ -15,7 +15,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-app.command("train")(pending.train)
+app.command("train")(train.train)
 app.command("extend-context")(pending.extend_context)
 app.command("tokenize-video")(tokenize_video.tokenize_video)
 app.command("ask")(pending.ask)

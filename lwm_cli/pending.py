@@ -8,14 +8,6 @@ import typer
 from lwm_cli.common import not_yet
 
 
-def train(stage: int = typer.Option(1, "--stage", help="1: text stage, 2: vision-language stage.")):
-    """Train a model (text stage 1 or vision-language stage 2) with masked sequence packing.
-
-    Example: lwm train --stage 1
-    """
-    not_yet("train", "the training issue")
-
-
 def extend_context(checkpoint: str | None = typer.Argument(None)):
     """Continue a checkpoint at a longer context with a larger RoPE theta.
 

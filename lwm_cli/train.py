@@ -1,0 +1,155 @@
+"""`lwm train --stage 1|2`: LWM's recipe with masked sequence packing (lwm_core.data + lwm_core.train)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from lwm_cli.common import console, err_console, handle_errors
+from lwm_core.errors import LWMError
+
+PACKINGS = ("masked", "concat", "pad")
+
+
+def _distributed(coordinator, num_processes, process_id) -> tuple[int, int]:
+    """Start jax.distributed when asked; returns (this host's index, host count) for data sharding."""
+    if coordinator is None:
+        if num_processes not in (None, 1) or process_id not in (None, 0):
+            raise LWMError("--num-processes / --process-id need --coordinator HOST:PORT")
+        return 0, 1
+    if num_processes is None or process_id is None:
+        raise LWMError("--coordinator needs --num-processes and --process-id")
+    import jax
+
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    return process_id, num_processes
+
+
+@handle_errors
+def train(
+    stage: int = typer.Option(1, "--stage", help="1: text; 2: vision-language (vision fields, token files)."),
+    data: list[str] = typer.Option(..., "--data", help="jsonl / txt files, folders or globs (repeat for more)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, metrics.jsonl, loss.png; "
+                                                "`lwm_core.load_model(OUT)` reads its newest weights."),
+    tokenizer: str = typer.Option(..., "--tokenizer", help="SentencePiece tokenizer.model or a HF folder."),
+    config: str | None = typer.Option(None, "--config", help="Model preset (e.g. 200m) or ModelConfig JSON; "
+                                                             "needed without --init."),
+    init: str | None = typer.Option(None, "--init", help="Start from this checkpoint spec (any format, or "
+                                                         "a previous run folder). Stage 2 from a text "
+                                                         "checkpoint adds fresh vision embeddings and head."),
+    field: str = typer.Option("text", "--field", help="Stage 1: the jsonl key holding the text."),
+    fields: str | None = typer.Option(None, "--fields", help="LWM's field syntax, e.g. '[question],answer' "
+                                                            "([bracketed] fields carry no loss)."),
+    seq_len: int = typer.Option(2048, "--seq-len", help="Tokens per packed row."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Rows per optimizer step."),
+    steps: int = typer.Option(1000, "--steps", help="Optimizer steps to reach."),
+    lr: float = typer.Option(8e-5, "--lr", help="Peak learning rate."),
+    warmup: int = typer.Option(5, "--warmup", help="Linear warmup steps."),
+    schedule: str = typer.Option("constant", "--schedule", help="constant or cosine."),
+    weight_decay: float = typer.Option(0.1, "--weight-decay", help="AdamW decay (dense kernels only)."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per step."),
+    seed: int = typer.Option(0, "--seed"),
+    save_every: int = typer.Option(500, "--save-every", help="Checkpoint every N steps (and at the end)."),
+    keep: int = typer.Option(3, "--keep", help="Checkpoints kept."),
+    log_every: int = typer.Option(10, "--log-every", help="metrics.jsonl line every N steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the newest checkpoint in --out exactly."),
+    mesh: str | None = typer.Option(None, "--mesh", metavar="DP,FSDP,TP,SP",
+                                    help="Device mesh, e.g. 1,-1,1,1 (FSDP) or 1,1,1,8 (ring attention)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="Compute dtype: float32 or bfloat16."),
+    packing: str = typer.Option("masked", "--packing", help="masked (segment ids, per-example loss weights), "
+                                                          "or LWM's own concat / pad."),
+    remat: str = typer.Option("nothing_saveable", "--remat", help="Rematerialisation policy of each layer "
+                                                                 "('' for none)."),
+    loss_chunk: int = typer.Option(1024, "--loss-chunk", help="Tokens per chunk of the loss."),
+    swap_prob: float = typer.Option(0.0, "--swap-prob", help="Stage 2: chance to put vision after text."),
+    freeze: str = typer.Option("", "--freeze", help="'text': stage 2 trains only the vision embedding and head."),
+    vqgan_config: str | None = typer.Option(None, "--vqgan-config", help="Stage 2: VQGAN preset or JSON "
+                                                                        "(codes per frame); default LWM's."),
+    max_frames: int | None = typer.Option(None, "--max-frames", help="Stage 2: keep at most N frames."),
+    coordinator: str | None = typer.Option(None, "--coordinator", help="HOST:PORT of process 0 (multi-host)."),
+    num_processes: int | None = typer.Option(None, "--num-processes"),
+    process_id: int | None = typer.Option(None, "--process-id"),
+):
+    """Train a text model (stage 1) or a vision-language model (stage 2) with masked sequence packing.
+
+    Examples:
+      lwm train --stage 1 --data books.jsonl --tokenizer tokenizer.model --config 200m --seq-len 8192
+                --batch-size 4 --steps 1000 --out runs/text
+      lwm train --stage 2 --data vision.jsonl --tokenizer tokenizer.model --init runs/text --out runs/vision
+    """
+    if stage not in (1, 2):
+        raise LWMError(f"--stage must be 1 (text) or 2 (vision-language), got {stage}")
+    if packing not in PACKINGS:
+        raise LWMError(f"--packing must be one of {', '.join(PACKINGS)}, got {packing!r}")
+    if init is None and config is None and not resume:
+        raise LWMError("pass --config (a preset such as 200m) to train from scratch, or --init CHECKPOINT")
+    host, hosts = _distributed(coordinator, num_processes, process_id)
+
+    from lwm_core.data import DataLoader, RecordProcessor, VisionSpec
+    from lwm_core.mesh import axis_size, make_mesh, seq_axis
+    from lwm_core.text import load_tokenizer
+    from lwm_core.train import TrainConfig
+    from lwm_core.train import train as run
+    from lwm_core.train.init import initial_model
+    from lwm_core.train.plot import loss_curve_png
+
+    train_config = TrainConfig(lr=lr, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
+                               grad_accum=grad_accum, seed=seed, steps=steps, save_every=save_every, keep=keep,
+                               log_every=log_every, loss_chunk_size=loss_chunk, freeze=freeze, dtype=dtype)
+    device_mesh = make_mesh(mesh) if mesh else None
+    ring = axis_size(device_mesh, seq_axis()) > 1
+    tok = load_tokenizer(tokenizer)
+    vision = stage == 2
+    processor = RecordProcessor(tok, fields or (None if vision else field),
+                                fields_from_example="fields" if vision else None,
+                                vision=VisionSpec.from_vqgan(vqgan_config) if vision else None,
+                                max_n_frames=max_frames, swap_prob=swap_prob, seed=seed)
+    loader = DataLoader(data, processor, batch_size=batch_size, seq_length=seq_len, packing=packing,
+                        shard_index=host, shard_count=hosts, epochs=None, prefetch=2)
+    run_options = {"remat_block": remat, "attention_impl": "ring" if ring else "blockwise"}
+    if ring:
+        run_options["sequence_layout"] = "zigzag"
+    source = init
+    if source is None and resume and (out / "lwm_config.json").is_file():
+        source = str(out)  # the architecture of the run being resumed; its state is restored by the trainer
+    with err_console.status("loading the model"):
+        model = initial_model(source, config, vision=vision, mesh=device_mesh, seed=seed, **run_options)
+    if model.config.vocab_size < tok.vocab_size:
+        raise LWMError(f"the tokenizer has {tok.vocab_size} pieces but the model only {model.config.vocab_size} "
+                       "text ids; pick a matching tokenizer or config")
+
+    columns = (TextColumn("step {task.completed:.0f}/{task.total:.0f}"), BarColumn(),
+               TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+    started = time.perf_counter()
+    with Progress(*columns, console=err_console, transient=False) as bar:
+        task = bar.add_task("train", total=steps, info="compiling")
+
+        def on_step(step: int, metrics: dict) -> None:
+            info = bar.tasks[task].fields["info"]
+            if step % max(1, min(log_every, 10)) == 0 or step == steps:
+                m = {k: float(v) for k, v in metrics.items() if k in ("loss", "text_loss", "vision_loss", "lr",
+                                                                     "text_accuracy", "vision_accuracy")}
+                info = f"loss {m.get('loss', float('nan')):.4f}"
+                if vision:
+                    info += (f"  text {m.get('text_loss', 0):.3f}/{m.get('text_accuracy', 0):.0%}"
+                             f"  vision {m.get('vision_loss', 0):.3f}/{m.get('vision_accuracy', 0):.0%}")
+                tokens_per_s = step * batch_size * seq_len / max(time.perf_counter() - started, 1e-9)
+                info += f"  {tokens_per_s:,.0f} tok/s  lr {m.get('lr', 0):.2e}"
+            bar.update(task, completed=step, info=info)
+
+        try:
+            run(train_config, model, loader, out_dir=out, mesh=device_mesh, on_step=on_step, resume=resume)
+        finally:
+            loader.close()
+    png = loss_curve_png(out / "metrics.jsonl", out / "loss.png") if (out / "metrics.jsonl").is_file() else None
+    stats = loader.stats
+    console.print(f"trained to step {steps} in {time.perf_counter() - started:.0f} s; weights: {out} "
+                  f"(lwm_core.load_model('{out}')); metrics: {out / 'metrics.jsonl'}"
+                  + (f"; loss curve: {png}" if png else ""))
+    skipped = {k: v for k, v in stats.items() if v and k in ("malformed_lines", "bad_records", "skipped_too_long",
+                                                             "skipped_no_loss", "truncated", "split")}
+    if skipped:
+        console.print("data: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in skipped.items()))
