@@ -41,8 +41,8 @@ def train(
                                                          "a previous run folder). Stage 2 from a text "
                                                          "checkpoint adds fresh vision embeddings and head."),
     field: str = typer.Option("text", "--field", help="Stage 1: the jsonl key holding the text."),
-    fields: str | None = typer.Option(None, "--fields", help="LWM's field syntax, e.g. '[question],answer' "
-                                                            "([bracketed] fields carry no loss)."),
+    fields: str | None = typer.Option(None, "--fields", help="LWM's field syntax, e.g. '\\[question],answer' "
+                                                            "(bracketed fields carry no loss)."),
     seq_len: int = typer.Option(2048, "--seq-len", help="Tokens per packed row."),
     batch_size: int = typer.Option(8, "--batch-size", help="Rows per optimizer step."),
     steps: int = typer.Option(1000, "--steps", help="Optimizer steps to reach."),
@@ -64,7 +64,7 @@ def train(
     remat: str = typer.Option("nothing_saveable", "--remat", help="Rematerialisation policy of each layer "
                                                                  "('' for none)."),
     loss_chunk: int = typer.Option(1024, "--loss-chunk", help="Tokens per chunk of the loss."),
-    swap_prob: float = typer.Option(0.0, "--swap-prob", help="Stage 2: chance to put vision after text."),
+    swap_prob: float = typer.Option(0.0, "--swap-prob", help="Stage 2: chance to swap the order of the vision and text fields."),
     freeze: str = typer.Option("", "--freeze", help="'text': stage 2 trains only the vision embedding and head."),
     vqgan_config: str | None = typer.Option(None, "--vqgan-config", help="Stage 2: VQGAN preset or JSON "
                                                                         "(codes per frame); default LWM's."),
@@ -126,8 +126,11 @@ def train(
     started = time.perf_counter()
     with Progress(*columns, console=err_console, transient=False) as bar:
         task = bar.add_task("train", total=steps, info="compiling")
+        first_step: list[int] = []  # a resumed run starts past 0: rate over this run's steps only
 
         def on_step(step: int, metrics: dict) -> None:
+            if not first_step:
+                first_step.append(step - 1)
             info = bar.tasks[task].fields["info"]
             if step % max(1, min(log_every, 10)) == 0 or step == steps:
                 m = {k: float(v) for k, v in metrics.items() if k in ("loss", "text_loss", "vision_loss", "lr",
@@ -136,7 +139,8 @@ def train(
                 if vision:
                     info += (f"  text {m.get('text_loss', 0):.3f}/{m.get('text_accuracy', 0):.0%}"
                              f"  vision {m.get('vision_loss', 0):.3f}/{m.get('vision_accuracy', 0):.0%}")
-                tokens_per_s = step * batch_size * seq_len / max(time.perf_counter() - started, 1e-9)
+                done = (step - first_step[0]) * batch_size * seq_len
+                tokens_per_s = done / max(time.perf_counter() - started, 1e-9)
                 info += f"  {tokens_per_s:,.0f} tok/s  lr {m.get('lr', 0):.2e}"
             bar.update(task, completed=step, info=info)
 
