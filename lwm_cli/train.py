@@ -64,7 +64,8 @@ def train(
     remat: str = typer.Option("nothing_saveable", "--remat", help="Rematerialisation policy of each layer "
                                                                  "('' for none)."),
     loss_chunk: int = typer.Option(1024, "--loss-chunk", help="Tokens per chunk of the loss."),
-    swap_prob: float = typer.Option(0.0, "--swap-prob", help="Stage 2: chance to swap the order of the vision and text fields."),
+    swap_prob: float = typer.Option(0.0, "--swap-prob",
+                                    help="Stage 2: chance to swap the order of the vision and text fields."),
     freeze: str = typer.Option("", "--freeze", help="'text': stage 2 trains only the vision embedding and head."),
     vqgan_config: str | None = typer.Option(None, "--vqgan-config", help="Stage 2: VQGAN preset or JSON "
                                                                         "(codes per frame); default LWM's."),
