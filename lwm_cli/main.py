@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from lwm_cli import convert, info, pending, tokenize_video, train
+from lwm_cli import convert, extend_context, info, pending, tokenize_video, train
 
 app = typer.Typer(
     name="lwm",
@@ -16,7 +16,7 @@ app = typer.Typer(
 )
 
 app.command("train")(train.train)
-app.command("extend-context")(pending.extend_context)
+app.command("extend-context")(extend_context.extend_context)
 app.command("tokenize-video")(tokenize_video.tokenize_video)
 app.command("ask")(pending.ask)
 app.command("generate")(pending.generate)

@@ -8,14 +8,6 @@ import typer
 from lwm_cli.common import not_yet
 
 
-def extend_context(checkpoint: str | None = typer.Argument(None)):
-    """Continue a checkpoint at a longer context with a larger RoPE theta.
-
-    Example: lwm extend-context params::ckpt.msgpack --ctx 128K
-    """
-    not_yet("extend-context", "the training issue")
-
-
 def ask(video: str | None = typer.Argument(None), question: str | None = typer.Argument(None)):
     """Answer a question about a video or image.
 

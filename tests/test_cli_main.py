@@ -22,7 +22,7 @@ def test_help_lists_every_subcommand():
 
 
 def test_pending_subcommands_say_so_and_exit_2():
-    for name in ("extend-context", "ask", "generate", "needle"):
+    for name in ("ask", "generate", "needle"):
         result = runner.invoke(app, [name])
         assert result.exit_code == 2, (name, result.output)
         assert "not implemented yet" in result.output and len(result.output.strip().splitlines()) == 1

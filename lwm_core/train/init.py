@@ -8,14 +8,15 @@ import numpy as np
 
 from lwm_core.checkpoint import checkpoint_config, load_params
 from lwm_core.checkpoint.keys import VISION_KEYS, is_vision
-from lwm_core.config import RANDOM_PREFIX, VISION_ROPE_THETA, ModelConfig, resolve_config
+from lwm_core.config import RANDOM_PREFIX, RUN_FIELDS, VISION_ROPE_THETA, ModelConfig, resolve_config
 from lwm_core.errors import LWMError
 from lwm_core.model import LWMModel
 from lwm_core.sharding import build_model
 
 
 def initial_model(init: str | None, config: ModelConfig | str | None = None, *, vision: bool = False,
-                  mesh=None, seed: int = 0, progress=None, **run_options) -> LWMModel:
+                  mesh=None, seed: int = 0, progress=None, changes: dict | None = None,
+                  **run_options) -> LWMModel:
     """The model to train.
 
     init: a checkpoint spec (`lwm_core.load_model`'s), `random:PRESET`, or None (random weights of
@@ -23,8 +24,10 @@ def initial_model(init: str | None, config: ModelConfig | str | None = None, *, 
       initialised `vte` and `vision_head` (normal, std = initializer_range, seeded by `seed`); the
       model then uses LWM's vision RoPE theta only if the checkpoint had none of its own.
     config: a preset, JSON path or ModelConfig; required without `init`, checked against a checkpoint.
+    changes: architecture changes made on purpose ({'rope_theta': ..., 'max_sequence_length': ...}).
     run_options: how to run it (attention_impl, sequence_layout, dtype, remat_block, ...).
     """
+    changes = dict(changes or {})
     if init is None or init.startswith(RANDOM_PREFIX):
         base = resolve_config(config) if init is None else resolve_config(config) or ModelConfig.from_name(
             init[len(RANDOM_PREFIX):])
@@ -32,13 +35,17 @@ def initial_model(init: str | None, config: ModelConfig | str | None = None, *, 
             raise LWMError("a run from scratch needs --config (a preset such as 200m, or a ModelConfig JSON)")
         if vision and not base.vision:
             base = base.replace(vision=True, rope_theta=VISION_ROPE_THETA if init is None else base.rope_theta)
-        return build_model(base.replace(**run_options), None, mesh=mesh, seed=seed)
+        return build_model(base.replace(**{**run_options, **changes}), None, mesh=mesh, seed=seed)
+    wrong = sorted(set(run_options) - set(RUN_FIELDS))
+    if wrong:
+        raise LWMError(f"{', '.join(wrong)}: not run options; a checkpoint's architecture comes from the checkpoint")
     ckpt = load_params(init, progress=progress)
     params = ckpt.params
     if vision and not is_vision(params):
         # the stored config (or the given one) describes a text model: check it as such, then extend it
         text_config = checkpoint_config(config if config is None or not isinstance(config, str) else
-                                        resolve_config(config, vision=False), params, ckpt.config, init)
+                                        resolve_config(config, vision=False), params, ckpt.config, init,
+                                        changes=changes)
         if text_config is None:
             raise LWMError(f"{init} carries no model config; pass --config (e.g. 200m)")
         model_config = text_config.replace(vision=True)
@@ -47,7 +54,7 @@ def initial_model(init: str | None, config: ModelConfig | str | None = None, *, 
         params[VISION_KEYS[0]] = (rng.standard_normal((v, d), np.float32) * std)  # vte [8448, D]
         params[VISION_KEYS[1]] = (rng.standard_normal((d, v), np.float32) * std)  # vision_head [D, 8448]
     else:
-        model_config = checkpoint_config(config, params, ckpt.config, init)
+        model_config = checkpoint_config(config, params, ckpt.config, init, changes=changes)
         if model_config is None:
             raise LWMError(f"{init} carries no model config; pass --config (e.g. 200m)")
     return build_model(model_config.replace(**run_options), params, mesh=mesh, seed=seed)
