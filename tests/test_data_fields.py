@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,17 +13,11 @@ from lwm_core.errors import LWMError
 from lwm_core.text import load_tokenizer
 from lwm_core.token_files import TokenFile, save_tokens
 from lwm_core.vqgan.config import VQGANConfig
+from data_helpers import TOKENIZER, FakeTokenizer
 
-TOKENIZER = Path(__file__).parent / "data" / "tokenizer" / "tokenizer.model"
 F, T_ = False, True
 
 
-class FakeTokenizer:
-    bos_id, eos_id = 1, 2
-    vocab = {"q": 5, "a": 6, "b": 7, "c": 8, "<vision>": 10, "</vision>": 11}
-
-    def encode(self, text):
-        return [self.vocab[w] for w in text.split()]
 
 
 SPEC = VisionSpec(tokens_per_frame=2, num_codes=16)

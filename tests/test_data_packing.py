@@ -3,7 +3,6 @@ the promise of masked packing: each packed example's weighted loss equals its lo
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,19 +10,11 @@ import pytest
 from lwm_core.data import BATCH_KEYS, Example, Packer, RecordProcessor, VisionSpec, pack_examples
 from lwm_core.errors import LWMError
 from lwm_core.text import load_tokenizer
+from data_helpers import TOKENIZER, FakeTokenizer
 
-TOKENIZER = Path(__file__).parent / "data" / "tokenizer" / "tokenizer.model"
 F, T_ = False, True
 
 
-class FakeTokenizer:
-    """One id per whitespace-separated word."""
-
-    bos_id, eos_id = 1, 2
-    vocab = {"q": 5, "a": 6, "b": 7, "c": 8, "<vision>": 10, "</vision>": 11}
-
-    def encode(self, text):
-        return [self.vocab[w] for w in text.split()]
 
 
 SPEC = VisionSpec(tokens_per_frame=2, num_codes=16)  # 2 codes a frame, eof 8192, eov 8193
