@@ -28,6 +28,12 @@ cache is filled with random keys/values (the cost of a step does not depend on t
 (a bucket: 32K + steps -> 48K slots); transformers: one forward per step with a `DynamicCache`
 holding the context, as `generate` does it.
 
+Shared machine: every run records the share of the cores other processes kept busy while it was
+timed; the tables count only runs where that stayed under `--max-others` (10%), since torch's spinning
+OpenMP threads lose far more than XLA's when cores are shared (loaded runs showed lwm at 1.4x where
+quiet ones show 0.9x). `--wait-quiet` waits for a quiet machine before each case, `--retry-noisy N`
+runs a disturbed case again, `--from-json` prints the tables of saved runs again.
+
 Peak RSS is the process's VmHWM during the timed part only (reset through /proc/self/clear_refs after
 loading and warming up); "xla" is `compiled.memory_analysis()` of the jitted step (arguments + temp +
 outputs - aliased). Before each case the bench estimates its memory and skips it with the reason when
@@ -672,8 +678,9 @@ def run_cases(cases: list[dict], args, log: list) -> dict[int, list]:
                 skipped[i] = res["error"]
             else:
                 extra = "".join(f", {k} {res[k]:.1f} s" for k in ("compile_s",) if res.get(k) is not None)
+                times = ", ".join(f"{t:.2f}" if t >= 1 else f"{t:.3f}" for t in res["times"])
                 print(f"  {label(case)} @ {fmt_tokens(case['length'])} round {rnd + 1}: "
-                      f"{', '.join(f'{t:.2f}' for t in res['times'])} s{extra}, peak {gib(res['peak'])} GiB "
+                      f"{times} s{extra}, peak {gib(res['peak'])} GiB "
                       f"(loaded {gib(res['loaded'])}, est. {gib(need)}), token {res.get('token')}, "
                       f"process {res['wall']:.0f} s, others busy {pct(res.get('others'))} of the cores while timed "
                       f"(load avg before {load:.1f})", flush=True)
@@ -766,7 +773,7 @@ def report_decode(cases, results, max_others) -> None:
         sub = [r for r in rows if r["case"]["length"] == context]
         steps = sub[0]["case"]["steps"]
         print_table(f"decode tokens/s at a {fmt_tokens(context)}-token context ({steps} steps per round, median "
-                    f"[min-max] of the rounds); peak RSS (GiB) while decoding; runs: counted/all (others busy <= "
+                    f"[min-max] of the rounds); peak RSS (GiB) while decoding; runs: clean/all (others busy <= "
                     f"{max_others:.0%})", sub, "hf-decode")
         for row in sub:
             if "error" not in row and row.get("slots"):
