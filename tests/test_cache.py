@@ -102,6 +102,23 @@ def test_cache_attention_equals_plain_attention(spec, new, monkeypatch):
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5, rtol=1e-5)
 
 
+def test_blockwise_cache_attention_pads_an_odd_cache_length(monkeypatch):
+    """67 slots have no chunk divisor but 1: the kernel pads the keys (masked) instead of walking 67
+    one-slot chunks (which made an exact-size 2049-slot cache ~3x slower)."""
+    import lwm_core.attention.decode as decode
+
+    monkeypatch.setattr(decode, "_PLAIN_SCORE_BYTES", 0)
+    rng = np.random.default_rng(2)
+    q = jnp.asarray(rng.standard_normal((1, 5, 2, 8)), jnp.float32)
+    k, v = (jnp.asarray(rng.standard_normal((1, 2, 67, 8)), jnp.float32) for _ in range(2))
+    valid = jnp.asarray(np.arange(67)[None] < 66)
+    q_slots = jnp.arange(61, 66, dtype=jnp.int32)
+    got = cache_attention(q, k, v, q_slots, valid, query_chunk_size=16, key_chunk_size=16)
+    mask = np.asarray(valid)[:, None, :] & (np.arange(67)[None, None, :] <= np.asarray(q_slots)[None, :, None])
+    ref = plain_attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), causal=False, mask=jnp.asarray(mask))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5, rtol=1e-5)
+
+
 def test_query_with_no_visible_slot_gets_zeros():
     q = jnp.ones((1, 1, 1, 2))
     k = jnp.ones((1, 1, 8, 2))

@@ -41,6 +41,12 @@ def _partial_blockwise(q, k, v, q_slots, k_slots, valid, query_chunk_size, key_c
     t, s = q.shape[2], k.shape[2]
     qc = min(query_chunk_size, t)
     kc = math.gcd(s, key_chunk_size)
+    if kc < min(64, s):  # an odd cache length (e.g. 2049) would make tiny key chunks: pad (masked) instead
+        kc = min(key_chunk_size, s)
+        extra = -s % kc
+        k, v = (jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0))) for x in (k, v))
+        k_slots = jnp.pad(k_slots, (0, extra), constant_values=jnp.iinfo(jnp.int32).max)
+        valid = jnp.pad(valid, ((0, 0), (0, extra)))
     padded = -(-t // qc) * qc
     if padded != t:
         q = jnp.pad(q, ((0, 0), (0, 0), (0, padded - t), (0, 0)))

@@ -104,7 +104,7 @@ class Sampler:
     `prompt_bucket_min`: the shortest prompt bucket; shorter prompts are left-padded to it.
     """
 
-    def __init__(self, model: LWMModel, *, chunk_size: int = 512, prompt_bucket_min: int = 16):
+    def __init__(self, model: LWMModel, *, chunk_size: int = 2048, prompt_bucket_min: int = 16):
         if chunk_size < 1:
             raise LWMError(f"chunk_size must be positive, got {chunk_size}")
         self.model = model
@@ -198,9 +198,14 @@ class Sampler:
             if need > limit:
                 raise LWMError(f"prompt of {prompt_length} tokens + {max_new_tokens} new tokens exceeds the "
                                f"model's max_sequence_length {limit}")
-            cache = -(-need // sp) * sp  # the bucket does not fit: exact size (one more compile)
-            if cache > limit:
-                cache = need if need % sp == 0 else limit
+            # the bucket does not fit: the smallest multiple of 256 x sp that does (odd sizes make slow
+            # attention chunks), else of sp, else the limit itself
+            for step in (256 * sp, sp):
+                cache = -(-need // step) * step
+                if cache <= limit:
+                    break
+            else:
+                cache = limit
         return padded, chunk, cache
 
     def prefill(self, prompts, *, vision_masks=None, max_new_tokens: int, uncond_prompts=None,
