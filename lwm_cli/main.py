@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from lwm_cli import convert, extend_context, info, pending, tokenize_video, train
+from lwm_cli import ask, convert, extend_context, generate, info, needle, tokenize_video, train
 
 app = typer.Typer(
     name="lwm",
@@ -18,9 +18,9 @@ app = typer.Typer(
 app.command("train")(train.train)
 app.command("extend-context")(extend_context.extend_context)
 app.command("tokenize-video")(tokenize_video.tokenize_video)
-app.command("ask")(pending.ask)
-app.command("generate")(pending.generate)
-app.command("needle")(pending.needle)
+app.command("ask")(ask.ask)
+app.command("generate")(generate.generate)
+app.command("needle")(needle.needle)
 app.command("convert")(convert.convert)
 app.command("info")(info.info)
 

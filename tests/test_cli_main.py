@@ -12,6 +12,7 @@ from lwm_core.config import ModelConfig
 
 runner = CliRunner()
 MISSION = ("train", "extend-context", "tokenize-video", "ask", "generate", "needle", "info", "convert")
+PENDING = ("ask", "generate", "needle")  # each name leaves this tuple when its command is real
 
 
 def test_help_lists_every_subcommand():
@@ -22,7 +23,7 @@ def test_help_lists_every_subcommand():
 
 
 def test_pending_subcommands_say_so_and_exit_2():
-    for name in ("ask", "generate", "needle"):
+    for name in PENDING:
         result = runner.invoke(app, [name])
         assert result.exit_code == 2, (name, result.output)
         assert "not implemented yet" in result.output and len(result.output.strip().splitlines()) == 1
