@@ -94,6 +94,7 @@ def train(
     from lwm_core.text import load_tokenizer
     from lwm_core.train import TrainConfig
     from lwm_core.train import train as run
+    from lwm_core.train.flops import matmul_flops_per_s, train_flops_per_token
     from lwm_core.train.init import initial_model
     from lwm_core.train.plot import loss_curve_png
 
@@ -122,6 +123,9 @@ def train(
         raise LWMError(f"the tokenizer has {tok.vocab_size} pieces but the model only {model.config.vocab_size} "
                        "text ids; pick a matching tokenizer or config")
 
+    # MFU: model FLOPs per second over the matmul rate of the same process's devices (lwm_core.train.flops)
+    peak = matmul_flops_per_s(dtype or model.config.dtype)
+    flops_per_token = train_flops_per_token(model.config, seq_len)
     columns = (TextColumn("step {task.completed:.0f}/{task.total:.0f}"), BarColumn(),
                TextColumn("{task.fields[info]}"), TimeRemainingColumn())
     started = time.perf_counter()
@@ -142,7 +146,8 @@ def train(
                              f"  vision {m.get('vision_loss', 0):.3f}/{m.get('vision_accuracy', 0):.0%}")
                 done = (step - first_step[0]) * batch_size * seq_len
                 tokens_per_s = done / max(time.perf_counter() - started, 1e-9)
-                info += f"  {tokens_per_s:,.0f} tok/s  lr {m.get('lr', 0):.2e}"
+                info += (f"  {tokens_per_s:,.0f} tok/s  MFU {tokens_per_s * flops_per_token / peak:.1%}"
+                         f"  lr {m.get('lr', 0):.2e}")
             bar.update(task, completed=step, info=info)
 
         try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,27 +70,17 @@ def parse_schedule(text: str) -> list[Stage]:
     return stages
 
 
-def _matmul_flops_per_s(n: int = 1024, repeats: int = 3) -> float:
-    """This machine's plain fp32 matmul rate (for the time estimate)."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        f(a).block_until_ready()
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
-
-
 def plan(config, stages: list[Stage], *, steps_per_stage: int, batch_size: int, mesh: str = "1,1,1,1",
          flops_per_s: float | None = None) -> list[dict]:
     """Per stage: length, theta, tokens, memory per device (weights + AdamW state + gradients + a
-    remat activation estimate) and an estimated time from the measured matmul rate. No training."""
-    from lwm_core.layout import plan_layout
+    remat activation estimate) and an estimated time from the measured matmul rate (`flops_per_s`: per
+    device; default this process's rate over its devices). No training."""
+    import jax
 
-    rate = flops_per_s or _matmul_flops_per_s()
+    from lwm_core.layout import plan_layout
+    from lwm_core.train.flops import matmul_flops_per_s, train_flops_per_token
+
+    rate = flops_per_s or matmul_flops_per_s() / jax.device_count()
     rows = []
     for i, stage in enumerate(stages, 1):
         cfg = config.replace(rope_theta=stage.rope_theta, max_sequence_length=max(stage.seq_len,
@@ -106,8 +95,7 @@ def plan(config, stages: list[Stage], *, steps_per_stage: int, batch_size: int, 
         tokens_local = rows_per_device * stage.seq_len // sp
         activations = tokens_local * 4 * (cfg.num_hidden_layers * cfg.hidden_size + 6 * cfg.intermediate_size)
         tokens = steps_per_stage * batch_size * stage.seq_len
-        n = cfg.num_params()
-        flops = tokens * (6 * n + 6 * cfg.num_hidden_layers * cfg.hidden_size * stage.seq_len)  # + causal attention
+        flops = tokens * train_flops_per_token(cfg, stage.seq_len)  # 6 N + causal attention, lwm_core.train.flops
         rows.append({"stage": i, "seq_len": stage.seq_len, "rope_theta": stage.rope_theta, "steps": steps_per_stage,
                      "tokens": tokens, "memory_per_device_bytes": int(state + activations),
                      "estimated_s": flops / (rate * max(1, layout["devices"]) * 0.5)})

@@ -15,7 +15,11 @@ neither is replayed: a resumed run skips as many batches as were consumed (exact
 Every `log_every` steps a JSON line goes to OUT/metrics.jsonl: step, loss, text_loss, vision_loss,
 text_accuracy, vision_accuracy, lr, grad_norm (before clipping), param_norm, tokens (trained target
 positions of the step), tokens_per_s (real input tokens per second since the last line; the first
-line includes compilation) and elapsed_s. A resumed run first drops the lines after its checkpoint.
+line includes compilation), mfu (model FLOPs per second over the matmul rate measured in this process,
+`lwm_core.train.flops`) and elapsed_s. A resumed run first drops the lines after its checkpoint. The
+same scalars (loss, text_loss, vision_loss, lr, grad_norm, tokens_per_s, mfu) go to a TensorBoard event
+file in OUT (`lwm_core.train.tensorboard`; a new file per run, so a resumed run's redone steps appear
+twice there). With several processes only process 0 writes them.
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ from lwm_core.fileio import atomic_path
 from lwm_core.model import LWMModel
 from lwm_core.train.checkpoints import Checkpoints, check_writable
 from lwm_core.train.config import TrainConfig
+from lwm_core.train.flops import matmul_flops_per_s, train_flops_per_token
 from lwm_core.train.state import TrainState
 from lwm_core.train.step import TrainStep
+from lwm_core.train.tensorboard import EventWriter
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
@@ -92,8 +98,12 @@ def train(config: TrainConfig, model_or_spec: LWMModel | str, batches: Iterable[
             consumed = _restore_position(source, iterator, state.data_state)
 
             # -------------------------------------------------------- the loop
-            metrics_log = MetricsLog(out / METRICS_FILE, start_step=int(state.step))
-            state = _loop(config, step_fn, checkpoints, state, iterator, source, consumed, metrics_log, on_step)
+            metrics_log = MetricsLog(out / METRICS_FILE, start_step=int(state.step),
+                                     model_config=step_fn.model_config)
+            try:
+                state = _loop(config, step_fn, checkpoints, state, iterator, source, consumed, metrics_log, on_step)
+            finally:
+                metrics_log.close()
         finally:
             if isinstance(model_or_spec, LWMModel) and state is not None and state.alive:
                 nnx.update(model_or_spec, state.params)  # the caller's model holds the trained weights
@@ -195,31 +205,49 @@ def _deferred_interrupt():
 
 # -------------------------------------------------------------------- metrics
 class MetricsLog:
-    """OUT/metrics.jsonl: one JSON line per logged step (see the module docstring)."""
+    """OUT/metrics.jsonl and a TensorBoard event file: one entry per logged step (see the module
+    docstring). Only process 0 writes; the others count nothing."""
 
-    def __init__(self, path: Path, *, start_step: int):
-        self.path = path
-        if path.exists():  # a resumed run redoes the steps after its checkpoint: drop their lines
+    TENSORBOARD = ("loss", "text_loss", "vision_loss", "lr", "grad_norm", "tokens_per_s", "mfu")
+
+    def __init__(self, path: Path, *, start_step: int, model_config):
+        self.path, self.model_config = path, model_config
+        self.writes = jax.process_index() == 0
+        if self.writes and path.exists():  # a resumed run redoes the steps after its checkpoint: drop their lines
             kept = [line for line in path.read_text().splitlines() if _line_step(line) <= start_step]
             with atomic_path(path, overwrite=True) as tmp:
                 tmp.write_text("".join(line + "\n" for line in kept))
+        self.peak = matmul_flops_per_s(model_config.dtype)  # before the clock starts: not a training second
+        self.events = EventWriter(path.parent) if self.writes else None
         self.start = self.last = time.perf_counter()
-        self.tokens = 0
+        self.tokens, self.flops = 0, 0.0
 
     def count(self, batch: dict) -> None:
-        self.tokens += int(np.count_nonzero(np.asarray(batch["attention_mask"])))
+        """Add a batch (this process's rows): real tokens for tokens_per_s, every position for the FLOPs."""
+        rows, length = np.shape(batch["attention_mask"])
+        hosts = jax.process_count()  # every process holds as many rows (real tokens: this host's x N, an estimate)
+        self.tokens += int(np.count_nonzero(np.asarray(batch["attention_mask"]))) * hosts
+        self.flops += rows * hosts * length * train_flops_per_token(self.model_config, length)
 
     def write(self, step: int, metrics: dict) -> None:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         now = time.perf_counter()
-        line = {"step": step, **values, "tokens": int(values["tokens"]),
-                "tokens_per_s": self.tokens / max(now - self.last, 1e-9), "elapsed_s": now - self.start}
-        self.last, self.tokens = now, 0
+        seconds = max(now - self.last, 1e-9)
+        line = {"step": step, **values, "tokens": int(values["tokens"]), "tokens_per_s": self.tokens / seconds,
+                "mfu": self.flops / seconds / self.peak, "elapsed_s": now - self.start}
+        self.last, self.tokens, self.flops = now, 0, 0.0
+        if not self.writes:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(line) + "\n")
-        log.info("step %d loss %.4f (text %.4f, vision %.4f) lr %.3g grad_norm %.3g %.0f tok/s", step,
+        self.events.scalars(step, {k: line[k] for k in self.TENSORBOARD})
+        log.info("step %d loss %.4f (text %.4f, vision %.4f) lr %.3g grad_norm %.3g %.0f tok/s mfu %.3f", step,
                  line["loss"], line["text_loss"], line["vision_loss"], line["lr"], line["grad_norm"],
-                 line["tokens_per_s"])
+                 line["tokens_per_s"], line["mfu"])
+
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
 
 
 def _line_step(line: str) -> float:
