@@ -211,7 +211,8 @@ def read_video(path: str | os.PathLike, max_n_frames: int | None = None, fps: fl
 
 def preprocess_frames(frames: np.ndarray, size: int = 256) -> np.ndarray:
     """LWM's preprocessing: resize the short side to `size` (keep aspect, bicubic), centre-crop
-    size x size, scale to x / 127.5 - 1. frames [N, H, W, 3] uint8 -> [N, size, size, 3] float32."""
+    size x size (offset rounded half to even, as PIL rounds LWM's box), scale to x / 127.5 - 1.
+    frames [N, H, W, 3] uint8 -> [N, size, size, 3] float32."""
     out = np.empty((len(frames), size, size, 3), np.float32)
     for i, frame in enumerate(frames):
         image = Image.fromarray(frame)
@@ -221,7 +222,9 @@ def preprocess_frames(frames: np.ndarray, size: int = 256) -> np.ndarray:
         else:
             new_w, new_h = int(size * width / height), size
         image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-        left, top = (new_w - size) // 2, (new_h - size) // 2
+        # LWM crops with the float box ((w - size) / 2, ...), which PIL rounds with Python's round():
+        # half to even, so a 423-pixel side starts at 84 (flooring would give 83).
+        left, top = round((new_w - size) / 2), round((new_h - size) / 2)
         out[i] = np.asarray(image.crop((left, top, left + size, top + size)), np.float32) / 127.5 - 1.0
     return out
 
