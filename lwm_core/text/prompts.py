@@ -10,6 +10,10 @@ Generation: `[bos] + enc("You are a helpful assistant. USER: Generate an image o
 (one call; "a video of" for video), and the unconditional prompt for classifier-free guidance
 `[bos] + enc("<vision>")`. Each `enc` is its own tokenizer call (its own dummy-prefix `▁`);
 `<vision>`/`</vision>` are plain text, not special tokens. Exactly one BOS, never an EOS.
+
+Follow-up turns of a conversation (`lwm ask --chat`; LWM's script has none) continue its Vicuna
+template: the answer is closed with eos, then `enc("USER: {question}") + enc(" ASSISTANT:")`, so
+the conversation reads `...ASSISTANT: {answer}</s>USER: {question} ASSISTANT:` as Vicuna's does.
 """
 
 from __future__ import annotations
@@ -41,3 +45,11 @@ def lwm_unconditional_prompt_ids(tokenizer: Tokenizer) -> list[int]:
     """The unconditional prompt `<s><vision>` that LWM pairs with each generation prompt for
     classifier-free guidance: `[bos] + encode("<vision>")`."""
     return [tokenizer.bos_id] + tokenizer.encode("<vision>")
+
+
+def lwm_chat_followup_ids(tokenizer: Tokenizer, question: str) -> list[int]:
+    """A follow-up turn after an answer: `[eos] + encode_prompt("USER: {question}") + encode(" ASSISTANT:")`.
+
+    The eos closes the previous answer (the model stops there, so its cache never holds it); the
+    question goes through `encode_prompt` as in the first turn, ` ASSISTANT:` is its own call as there."""
+    return [tokenizer.eos_id] + tokenizer.encode_prompt(f"USER: {question}") + tokenizer.encode(" ASSISTANT:")
