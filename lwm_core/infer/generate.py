@@ -164,7 +164,7 @@ def plan_generation(model_config: ModelConfig, tokenizer, prompt: str, vqgan_con
     return GenerationPlan(prompt, settings, spec, image, video, uncond, context)
 
 
-def _derived_seed(seed: int, call: int) -> int:
+def call_seed(seed: int, call: int) -> int:
     """A seed per sampler call (frame 1, later frames), independent streams for each --seed."""
     return int(np.random.SeedSequence([seed, call]).generate_state(1)[0]) % 2**31
 
@@ -201,7 +201,7 @@ def generate_vision(plan: GenerationPlan, sampler: Sampler, *,
 
     started = time.perf_counter()
     first = _sample(sampler, plan, [list(plan.image_prompt_ids)] * n, None, [list(plan.uncond_prompt_ids)], None,
-                    cfg=s.cfg, top_k=s.top_k, new=step, seed=_derived_seed(s.seed, 0), on_token=on_token)
+                    cfg=s.cfg, top_k=s.top_k, new=step, seed=call_seed(s.seed, 0), on_token=on_token)
     timings = {"first_frame": time.perf_counter() - started, "later_frames": 0.0}
     parts = [first]  # [n, step] each
     if frames > 1:
@@ -211,7 +211,7 @@ def generate_vision(plan: GenerationPlan, sampler: Sampler, *,
         rest = _sample(sampler, plan, [video + row for row in rows], [[False] * len(video) + [True] * step] * n,
                        [uncond + row for row in rows], [[False] * len(uncond) + [True] * step] * n,
                        cfg=s.cfg_video, top_k=s.top_k_video, new=(frames - 1) * step,
-                       seed=_derived_seed(s.seed, 1), on_token=on_token)
+                       seed=call_seed(s.seed, 1), on_token=on_token)
         parts.append(rest)
         timings["later_frames"] = time.perf_counter() - started
     vision_ids = np.concatenate(parts, axis=1).astype(np.int32)  # [n, frames * step]
