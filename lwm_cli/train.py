@@ -44,7 +44,7 @@ def train(
     fields: str | None = typer.Option(None, "--fields", help="LWM's field syntax, e.g. '\\[question],answer' "
                                                             "(bracketed fields carry no loss)."),
     seq_len: int = typer.Option(2048, "--seq-len", help="Tokens per packed row."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Rows per optimizer step."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Rows per optimizer step (all processes together)."),
     steps: int = typer.Option(1000, "--steps", help="Optimizer steps to reach."),
     lr: float = typer.Option(8e-5, "--lr", help="Peak learning rate."),
     warmup: int = typer.Option(5, "--warmup", help="Linear warmup steps."),
@@ -88,6 +88,9 @@ def train(
     if init is None and config is None and not resume:
         raise LWMError("pass --config (a preset such as 200m) to train from scratch, or --init CHECKPOINT")
     host, hosts = _distributed(coordinator, num_processes, process_id)
+    if batch_size % hosts:
+        raise LWMError(f"--batch-size {batch_size} (the global batch) does not split over {hosts} processes; "
+                       f"make it a multiple of {hosts}")
 
     from lwm_core.data import DataLoader, RecordProcessor, VisionSpec
     from lwm_core.mesh import axis_size, make_mesh, seq_axis
@@ -109,7 +112,8 @@ def train(
                                 fields_from_example="fields" if vision else None,
                                 vision=VisionSpec.from_vqgan(vqgan_config) if vision else None,
                                 max_n_frames=max_frames, swap_prob=swap_prob, seed=seed)
-    loader = DataLoader(data, processor, batch_size=batch_size, seq_length=seq_len, packing=packing,
+    # each process packs its own rows from its own lines; the trainer stacks them into the global batch
+    loader = DataLoader(data, processor, batch_size=batch_size // hosts, seq_length=seq_len, packing=packing,
                         shard_index=host, shard_count=hosts, epochs=None, prefetch=2)
     run_options = {"remat_block": remat, "attention_impl": "ring" if ring else "blockwise"}
     if ring:

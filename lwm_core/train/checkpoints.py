@@ -69,7 +69,7 @@ def prepare_output(out_dir: str | os.PathLike, model_config: ModelConfig) -> Pat
             if stored[name] != value:
                 raise LWMError(f"{out} holds a run of another model ({name}={stored[name]}, this model has "
                                f"{value}); pick another output folder")
-    else:
+    elif jax.process_index() == 0:  # one writer; the others only read it
         with atomic_path(out / CONFIG_FILE, overwrite=False) as tmp:
             tmp.write_text(model_config.to_json(run_options=False) + "\n")
     return out
@@ -123,7 +123,8 @@ class Checkpoints:
         try:
             self.manager.save(step, args=ocp.args.Composite(**items), force=True)
             self.manager.wait_until_finished()
-            self._link_params(step)
+            if jax.process_index() == 0:  # orbax saved every process's shards; one process moves the link
+                self._link_params(step)
         except Exception as exc:  # orbax and tensorstore raise many kinds; the user needs one line
             kept = (f"the checkpoint of step {previous} is intact" if previous is not None
                     else "no earlier checkpoint exists")

@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from lwm_core.errors import LWMError, from_runtime_error
-from lwm_core.mesh import axis_size, shard_batch
+from lwm_core.mesh import axis_size, logical_to_spec, seq_axis, shard_batch
 from lwm_core.model import LWMModel
 from lwm_core.sharding import abstract_model
 from lwm_core.train.config import TrainConfig
@@ -35,10 +36,12 @@ _DTYPES = {"input_ids": np.int32, "targets": np.int32, "loss_weights": np.float3
            "attention_mask": np.bool_}
 
 
-def check_batch(batch: dict, config, *, grad_accum: int = 1, mesh=None) -> dict[str, np.ndarray]:
+def check_batch(batch: dict, config, *, grad_accum: int = 1, mesh=None,
+                processes: int = 1) -> dict[str, np.ndarray]:
     """The batch contract, checked on the host: every key of `BATCH_KEYS`, all [B, T], ids inside the
     vocabularies, no vision on a text-only model, rows that split into micro-batches and over the
-    mesh's data axes. Returns the arrays in their dtypes (other keys dropped); LWMError otherwise."""
+    mesh's data axes. With several processes `batch` is this process's rows, 1 / `processes` of the
+    global batch. Returns the arrays in their dtypes (other keys dropped); LWMError otherwise."""
     missing = [k for k in BATCH_KEYS if k not in batch]
     if missing:
         raise LWMError(f"the batch lacks {', '.join(missing)}; a training batch holds {', '.join(BATCH_KEYS)}")
@@ -48,6 +51,7 @@ def check_batch(batch: dict, config, *, grad_accum: int = 1, mesh=None) -> dict[
     if len(shape) != 2 or wrong:
         raise LWMError(f"every batch array must be [batch, seq] like input_ids {shape}; got {', '.join(wrong)}")
     rows, length = shape
+    rows *= processes  # the global batch
     if length > config.max_sequence_length:
         raise LWMError(f"batch sequences of {length} tokens exceed max_sequence_length {config.max_sequence_length}")
     if rows % grad_accum:
@@ -66,6 +70,33 @@ def check_batch(batch: dict, config, *, grad_accum: int = 1, mesh=None) -> dict[
             raise LWMError(f"{name} holds id {ids[bad][0]}, outside the model's vocabulary (text < {config.vocab_size}"
                            + (f", vision < {config.vision_vocab_size}" if config.vision else "") + ")")
     return out
+
+
+def place_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+    """Host arrays -> device arrays sharded over (dp, fsdp) x sp. With several processes each one gives
+    its own rows and the global batch stacks them in process order (`make_array_from_process_local_data`),
+    which needs the processes to split the rows: the mesh's leading (dp, fsdp) devices must be theirs."""
+    if mesh is None:
+        return jax.device_put(batch)
+    processes = jax.process_count()
+    if processes == 1:
+        return shard_batch(batch, mesh)
+    sp = axis_size(mesh, seq_axis())
+    if batch["input_ids"].shape[1] % sp:  # the message shard_batch gives on one process
+        raise LWMError(f"sequence length {batch['input_ids'].shape[1]} does not divide by sp={sp}; pad it to a "
+                       f"multiple of {sp} (lwm_core.mesh.pad_sequence) and mask the padding")
+
+    def put(x):
+        shape = (x.shape[0] * processes, *x.shape[1:])
+        sharding = NamedSharding(mesh, logical_to_spec(["batch", "seq"], mesh, shape))
+        try:
+            return jax.make_array_from_process_local_data(sharding, x, shape)
+        except ValueError as exc:
+            raise LWMError(f"the mesh {dict(mesh.shape)} does not split the batch rows over the {processes} "
+                           "processes; put the processes on the data axes (dp, fsdp), e.g. --mesh "
+                           f"1,{mesh.size},1,1 ({str(exc).splitlines()[0][:120]})") from None
+
+    return {k: put(v) for k, v in batch.items()}
 
 
 class TrainStep:
@@ -129,8 +160,9 @@ class TrainStep:
         """One optimizer step on `batch` (dict of [B, T] numpy arrays, see `check_batch`). Returns the
         new state and the metrics as device scalars: loss, text_loss, vision_loss, text_accuracy,
         vision_accuracy, tokens, grad_norm (before clipping), param_norm, lr."""
-        batch = check_batch(batch, self.model_config, grad_accum=self.config.grad_accum, mesh=self.mesh)
-        placed = jax.device_put(batch) if self.mesh is None else shard_batch(batch, self.mesh)
+        batch = check_batch(batch, self.model_config, grad_accum=self.config.grad_accum, mesh=self.mesh,
+                            processes=jax.process_count())
+        placed = place_batch(batch, self.mesh)
         try:
             arrays, metrics = self._step(state.arrays(), placed)
         except jax.errors.JaxRuntimeError as exc:

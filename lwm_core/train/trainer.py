@@ -206,7 +206,7 @@ def _deferred_interrupt():
 # -------------------------------------------------------------------- metrics
 class MetricsLog:
     """OUT/metrics.jsonl and a TensorBoard event file: one entry per logged step (see the module
-    docstring). Only process 0 writes; the others count nothing."""
+    docstring). Only process 0 writes."""
 
     TENSORBOARD = ("loss", "text_loss", "vision_loss", "lr", "grad_norm", "tokens_per_s", "mfu")
 

@@ -1,0 +1,149 @@
+"""Two processes on localhost (jax.distributed, CPU collectives through gloo) x 4 devices each train
+like one process x 8 devices: the same losses and final weights to 1e-5, from Python and through
+`lwm train --coordinator ... --num-processes 2 --process-id I`.
+
+The mesh 1,2,1,4 puts FSDP across the two processes (weights sharded over them, gradients reduced
+between them) and the ring attention over each process's 4 devices; each process feeds its own 2 of
+the batch's 4 rows. This file is also the worker: `python tests/test_train_multiprocess.py PID PORT OUT`.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY = dict(vocab_size=97, hidden_size=48, intermediate_size=88, num_hidden_layers=2, num_attention_heads=4,
+            max_sequence_length=128, attention_impl="ring", sequence_layout="zigzag", scan_query_chunk_size=8,
+            scan_key_chunk_size=8, remat_block="nothing_saveable")
+MESH = "1,2,1,4"
+PROCESSES, ROWS, STEPS = 2, 4, 4
+
+
+def _config():
+    from lwm_core.train import TrainConfig
+
+    return TrainConfig(lr=3e-3, warmup=1, steps=STEPS, save_every=STEPS, log_every=1, loss_chunk_size=16, seed=3)
+
+
+class _Rows:
+    """The rows [first, first + count) of every batch of `batches` (one process's share)."""
+
+    def __init__(self, batches, first: int, count: int):
+        self.batches, self.first, self.count = batches, first, count
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return {k: v[self.first:self.first + self.count] for k, v in next(self.batches).items()}
+
+
+def _run(out, process_id: int = 0, processes: int = 1):
+    import lwm_core
+    from lwm_core.mesh import make_mesh
+    from lwm_core.train import train
+    from lwm_core.train.synthetic import PatternBatches
+
+    mesh = make_mesh(MESH)
+    model = lwm_core.load_model("random:debug", mesh=mesh, **TINY)
+    share = ROWS // processes
+    batches = _Rows(PatternBatches(batch_size=ROWS, seq_len=32, vocab_size=97), process_id * share, share)
+    train(_config(), model, batches, out_dir=out, mesh=mesh)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path):
+    import lwm_core
+
+    # one process x 8 devices (this one: conftest gives it 8)
+    _run(tmp_path / "one")
+    # two processes x 4 devices
+    port = _free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    workers = [subprocess.Popen([sys.executable, __file__, str(i), str(port), str(tmp_path / "two")], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for i in range(PROCESSES)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    for worker, output in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, output[-3000:]
+
+    one, two = ([json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+                for name in ("one", "two"))
+    assert [line["step"] for line in two] == list(range(1, STEPS + 1))
+    for key in ("loss", "grad_norm", "param_norm", "tokens"):
+        np.testing.assert_allclose([line[key] for line in two], [line[key] for line in one], rtol=1e-5, atol=1e-5,
+                                   err_msg=key)
+    assert one[-1]["loss"] < one[0]["loss"]  # it trained
+    weights_one = lwm_core.load_model(str(tmp_path / "one")).params_dict()
+    weights_two = lwm_core.load_model(str(tmp_path / "two")).params_dict()
+    assert weights_two.keys() == weights_one.keys()
+    for key, value in weights_one.items():
+        np.testing.assert_allclose(weights_two[key], value, rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+@pytest.mark.slow
+def test_lwm_train_on_two_processes(tmp_path):
+    """The CLI: each process reads every other line and packs its own rows. With `--packing pad` and
+    examples shorter than a row, a row is one line, so the global batch holds the same rows as one
+    process's (lines 0-3, stacked 0, 2, 1, 3): a sum over rows, the same loss and gradients."""
+    import lwm_core
+    from typer.testing import CliRunner
+
+    from lwm_cli.main import app
+
+    rng = np.random.default_rng(0)
+    words = "the cat sat on a mat and the dog ran to the red ball while birds sang".split()
+    lines = [json.dumps({"text": " ".join(rng.choice(words, rng.integers(5, 20)))}) for _ in range(40)]
+    (tmp_path / "books.jsonl").write_text("\n".join(lines) + "\n")
+    tokenizer = Path(__file__).parent / "data" / "tokenizer" / "tokenizer.model"
+    config = lwm_core.ModelConfig(**{k: TINY[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                           "num_attention_heads", "max_sequence_length")},
+                                  vocab_size=512)
+    (tmp_path / "tiny.json").write_text(config.to_json())
+    args = ["train", "--data", str(tmp_path / "books.jsonl"), "--tokenizer", str(tokenizer), "--config",
+            str(tmp_path / "tiny.json"), "--seq-len", "64", "--batch-size", str(ROWS), "--steps", str(STEPS),
+            "--packing", "pad", "--mesh", MESH, "--log-every", "1", "--lr", "3e-3", "--loss-chunk", "16"]
+
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "one")])
+    assert result.exit_code == 0, result.output
+    port = _free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    command = [sys.executable, "-c", "from lwm_cli.main import main; main()", *args, "--out", str(tmp_path / "two"),
+               "--coordinator", f"localhost:{port}", "--num-processes", str(PROCESSES)]
+    workers = [subprocess.Popen([*command, "--process-id", str(i)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for i in range(PROCESSES)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    for worker, output in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, output[-3000:]
+
+    one, two = ([json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+                for name in ("one", "two"))
+    assert [line["step"] for line in two] == list(range(1, STEPS + 1))
+    for key in ("loss", "grad_norm", "param_norm", "tokens"):
+        np.testing.assert_allclose([line[key] for line in two], [line[key] for line in one], rtol=1e-5, atol=1e-5,
+                                   err_msg=key)
+    weights_one = lwm_core.load_model(str(tmp_path / "one")).params_dict()
+    weights_two = lwm_core.load_model(str(tmp_path / "two")).params_dict()
+    for key, value in weights_one.items():
+        np.testing.assert_allclose(weights_two[key], value, rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+if __name__ == "__main__":  # a worker: PID PORT OUT
+    import jax
+
+    process_id, port, out = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=PROCESSES,
+                               process_id=process_id)
+    assert jax.device_count() == 8 and jax.local_device_count() == 4
+    _run(out, process_id, PROCESSES)
