@@ -158,7 +158,8 @@ def assemble(tokenizer: Tokenizer, window: np.ndarray, needles: list[str], depth
     overhead = len(tokenizer.encode_prompt(wrap(""))) + sum(len(tokenizer.encode(n)) for n in needles)
     budget = target - overhead
     shift = wrap("\x00").index("\x00")  # where the context starts inside the prompt text
-    for _ in range(6):  # re-encoding decoded slices can shift a few tokens: trim until it fits
+    best = None  # (ids, full text, offsets) of the longest prompt found that fits
+    for _ in range(8):  # re-encoding decoded slices shifts a few tokens: steer the budget to the target
         if budget < 1:
             raise LWMError(f"a prompt of {target} tokens leaves no room for the haystack after the template "
                            f"and needles ({overhead} tokens); ask for a longer context")
@@ -172,15 +173,18 @@ def assemble(tokenizer: Tokenizer, window: np.ndarray, needles: list[str], depth
             pieces.append(needles[j])
             start = points[j]
         pieces.append(tokenizer.decode(context[start:]))
-        text = "".join(pieces)
-        full = wrap(text)
+        full = wrap("".join(pieces))
         ids = tokenizer.encode_prompt(full)
-        if len(ids) <= target:
-            positions = [len(tokenizer.encode_prompt(full[:shift + offsets[j]])) for j in range(len(needles))]
-            return ids, positions
-        budget -= len(ids) - target
-    raise LWMError(f"could not fit the prompt in {target} tokens (the haystack re-encodes longer); "
-                   "report this with the haystack file")
+        if len(ids) <= target and (best is None or len(ids) > len(best[0])):
+            best = (ids, full, offsets)
+        if len(ids) == target or budget >= len(window) and len(ids) < target:
+            break
+        budget = min(budget + target - len(ids), len(window))
+    if best is None:
+        raise LWMError(f"could not fit the prompt in {target} tokens (the haystack re-encodes longer); "
+                       "report this with the haystack file")
+    ids, full, offsets = best
+    return ids, [len(tokenizer.encode_prompt(full[:shift + offsets[j]])) for j in range(len(needles))]
 
 
 def needle_depths(depth_percent: float, count: int) -> list[float]:
