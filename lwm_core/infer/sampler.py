@@ -191,8 +191,13 @@ class Sampler:
             chunk = padded
         else:
             padded, chunk = -(-prompt_length // self.chunk_size) * self.chunk_size, self.chunk_size
-        cache = bucket_length(padded + max_new_tokens, multiple=sp)
         limit = self.config.max_sequence_length
+        if padded + max_new_tokens > limit >= prompt_length + max_new_tokens:
+            # whole chunks would pass the model's limit (a 1M-token prompt on a 1M model): pad to 64
+            # instead (divisible by sp); the last chunk is shorter, one more compile
+            padded = -(-prompt_length // 64) * 64
+            chunk = min(chunk, padded)
+        cache = bucket_length(padded + max_new_tokens, multiple=sp)
         if cache > limit:
             need = padded + max_new_tokens
             if need > limit:
@@ -248,7 +253,7 @@ class Sampler:
         token = None
         for start in range(0, padded, chunk):
             stop = start + chunk
-            force = jnp.int32(force_first if stop == padded else -1)
+            force = jnp.int32(force_first if stop >= padded else -1)
             token, cache = self._run(fn, self.state, ids[:, start:stop], mask[:, start:stop],
                                      vmask[:, start:stop], cache, jax.random.fold_in(rng, 0), force)
         return token, cache, key, padded
