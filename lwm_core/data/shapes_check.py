@@ -65,8 +65,10 @@ def colour_labels(image: np.ndarray) -> np.ndarray:
     """[H, W] index into ('black', red, green, blue, yellow, white): the nearest pure colour of every
     bright pixel, 0 for dark ones."""
     pixels = _as_pixels(image)
-    dist = np.sum((pixels[:, :, None, :] - _PALETTE) ** 2, axis=-1)  # [H, W, 6]
-    labels = np.argmin(dist[..., 1:], axis=-1) + 1
+    colours = _PALETTE[1:]
+    # |p - c|^2 = |p|^2 - 2 p.c + |c|^2; |p|^2 is the same for every c, so it is left out of the argmin
+    score = np.sum(colours * colours, axis=-1) - 2.0 * pixels @ colours.T  # [H, W, 5]
+    labels = np.argmin(score, axis=-1) + 1
     return np.where(pixels.max(axis=-1) >= BRIGHT, labels, 0)
 
 
@@ -163,10 +165,14 @@ def motion_direction(frames: np.ndarray, colour: str) -> str:
     frames = np.asarray(frames)
     if frames.ndim != 4:
         raise LWMError(f"frames must be [T, H, W, 3], got {frames.shape}")
-    points = [d.centroid for d in (detect(f, colour) for f in frames) if d.colour != "none"]
+    return _direction([detect(f, colour) for f in frames], frames.shape[1:3])
+
+
+def _direction(found: list[Detection], frame_size: tuple[int, int]) -> str:
+    points = [d.centroid for d in found if d.colour != "none"]
     if len(points) < 2:
         return "absent"
-    height, width = frames.shape[1:3]
+    height, width = frame_size
     side = min(height, width)  # shapes move in the frame's centred square (see shapes.Scene)
     dx = (points[-1][0] - points[0][0]) * width / side
     dy = (points[-1][1] - points[0][1]) * height / side
@@ -181,5 +187,10 @@ def check_video(frames: np.ndarray, colour: str, shape: str, direction: str) -> 
     """True when at least half the frames show `colour` as their main shape with the right shape and
     its centroid moves in `direction` ('none' for still)."""
     frames = np.asarray(frames)
-    right = sum(d.colour == colour and d.shape == shape for d in map(check_image, frames))
-    return 2 * right >= len(frames) and motion_direction(frames, colour) == direction
+    if frames.ndim != 4:
+        raise LWMError(f"frames must be [T, H, W, 3], got {frames.shape}")
+    main = [check_image(f) for f in frames]
+    right = sum(d.colour == colour and d.shape == shape for d in main)
+    # where the main shape is `colour` its detection is the one motion needs; detect the others
+    found = [d if d.colour == colour else detect(f, colour) for d, f in zip(main, frames, strict=True)]
+    return 2 * right >= len(frames) and _direction(found, frames.shape[1:3]) == direction
