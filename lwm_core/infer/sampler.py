@@ -20,6 +20,7 @@ compiles once per bucket; `compilations` counts them.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -193,9 +194,12 @@ class Sampler:
             padded, chunk = -(-prompt_length // self.chunk_size) * self.chunk_size, self.chunk_size
         limit = self.config.max_sequence_length
         if padded + max_new_tokens > limit >= prompt_length + max_new_tokens:
-            # whole chunks would pass the model's limit (a 1M-token prompt on a 1M model): pad to 64
-            # instead (divisible by sp); the last chunk is shorter, one more compile
-            padded = -(-prompt_length // 64) * 64
+            # whole chunks would pass the model's limit (a 1M-token prompt on a 1M model): pad to a
+            # multiple of 64 (or of sp) instead; the last chunk is shorter, one more compile
+            for step in (math.lcm(64, sp), sp):
+                padded = -(-prompt_length // step) * step
+                if padded + max_new_tokens <= limit:
+                    break
             chunk = min(chunk, padded)
         cache = bucket_length(padded + max_new_tokens, multiple=sp)
         if cache > limit:
