@@ -15,7 +15,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lwm_core.data.shapes import COLOURS, MOVES, SHAPES, Scene, Shape, random_scene, random_shape
+from lwm_core.data.shapes import (
+    COLOURS, MOVES, SHAPES, SPLIT_SIZE, SPLITS, Scene, Shape, random_scene, random_shape, split_of,
+)
 from lwm_core.errors import LWMError
 
 COUNT_WORDS = ("one", "two", "three")
@@ -279,13 +281,13 @@ def needle_document(seed: int, length: int, depth_percent: float,
         raise LWMError(f"depth_percent must be within 0..100, got {depth_percent}")
     count = count or (lambda text: len(text.split()))
     rng = np.random.default_rng([seed, 2])
-    pieces, total, k = [], 0, 0
-    while total < length:
+    start = SPLITS[split_of(seed)] if 0 <= seed < len(SPLITS) * SPLIT_SIZE else 0
+    pieces, total = [], 0
+    while total < length:  # the haystack's scenes come from the needle seed's own split
         form = ("description", "story")[int(rng.integers(2))]
-        text = corpus_document(int(rng.integers(2**31)) + k, form)
+        text = corpus_document(start + int(rng.integers(SPLIT_SIZE)), form)
         pieces.append(text)
         total += count(text + " ")
-        k += 1
     haystack = " ".join(pieces)
     city = NEEDLE_CITIES[int(rng.integers(len(NEEDLE_CITIES)))]
     number = str(int(rng.integers(1_000_000, 10_000_000)))
