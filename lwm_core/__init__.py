@@ -30,6 +30,8 @@ _EXPORTS = {
     "frames_to_vision_tokens": "lwm_core.vision_tokens",
     "load_tokenizer": "lwm_core.text",
     "Tokenizer": "lwm_core.text",
+    "NeedleSettings": "lwm_core.evals",
+    "run_needle": "lwm_core.evals",
 }
 
 __all__ = sorted(_EXPORTS)
