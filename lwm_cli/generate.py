@@ -104,7 +104,7 @@ def generate(
     for spec, what in ((vqgan, "VQGAN"), (checkpoint, "model")):
         if spec.startswith(RANDOM_PREFIX):
             err_console.print(f"[yellow]warning:[/] {spec} is an UNTRAINED random {what}: its frames are "
-                              "noise, for trying the plumbing only", highlight=False)
+                              "noise, for trying the plumbing only", highlight=False, soft_wrap=True)
     with progress_bar(f"loading {checkpoint}") as progress:
         model = load_model(checkpoint, config, mesh=make_mesh(mesh) if mesh else None, progress=progress)
     plan = plan_generation(model.config, tok, prompt, vq.config, settings)
@@ -112,7 +112,7 @@ def generate(
     err_console.print(f"context {plan.context_tokens:,} tokens of {model.config.max_sequence_length:,}: a "
                       f"{len(plan.video_prompt_ids or plan.image_prompt_ids)}-token prompt + {frames} frame(s) x "
                       f"{plan.frame_length} ({plan.spec.grid[0]}x{plan.spec.grid[1]} codes + end of frame)"
-                      f"{f', {samples} samples' if samples > 1 else ''}", highlight=False)
+                      f"{f', {samples} samples' if samples > 1 else ''}", highlight=False, soft_wrap=True)
 
     columns = (TextColumn("frames"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeElapsedColumn())
@@ -142,7 +142,8 @@ def generate(
         typer.echo(json.dumps(report))
         return
     wrote = ", ".join(str(f) for f in files + token_files)
-    console.print(f"wrote {wrote} ({frames} frame(s) each) in {sum(timings.values()):.1f}s", highlight=False)
+    console.print(f"wrote {wrote} ({frames} frame(s) each) in {sum(timings.values()):.1f}s", highlight=False,
+                  soft_wrap=True)
 
 
 generate.__doc__ = _HELP  # typer shows the docstring as --help
