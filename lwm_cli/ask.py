@@ -119,7 +119,7 @@ def ask(
 ):
     from lwm_core.infer import SamplingSettings
     from lwm_core.infer.ask import Asker, parse_memory
-    from lwm_core.infer.vision_prompt import FRAME_LAYOUTS
+    from lwm_core.infer.vision_prompt import FRAME_LAYOUTS, check_media
 
     if checkpoint is None:
         fail("there is no default checkpoint yet: pass --checkpoint with a LWM vision-language checkpoint "
@@ -144,11 +144,13 @@ def ask(
             fail("--out is for --questions FILE.jsonl; answers to other questions are printed")
         if not video:
             fail("give a video, an image or a folder of frames, and a question")
-        if not Path(video).expanduser().exists():
-            fail(f"{video}: no such video, image or folder")
         questions = _questions(question, more, questions_file)
         if not questions:
             fail("give a question (QUESTION, -q, or --questions FILE)")
+
+    # a bad video fails here, in one line, before the (slow) model load
+    for path in sorted({str(v) for _, v, _ in items} if jsonl else {video}):
+        check_media(path, max_frames=max_frames, fps=fps)
 
     from lwm_core import load_model
     from lwm_core.mesh import make_mesh
@@ -208,6 +210,7 @@ def ask(
         return
     for i, q in enumerate(questions):
         header(i)
+        clip = asker.media(video) if i else clip  # read and encoded once: later questions get it from memory
         [answer] = asker.ask([(q, clip)], on_token=None if as_json else on_token, **options)
         show(i, answer)
 

@@ -161,6 +161,18 @@ def _frame_chunks(path: Path, max_frames, fps, backend, chunk: int):
     return len(idx), chunks()
 
 
+def check_media(path: str | os.PathLike, *, max_frames: int | None = 8, fps: float | None = None,
+                backend: str = "auto") -> int:
+    """Open a video, image or folder of frames without decoding its frames (a video's first frame is
+    read to prove it decodes); returns how many frames will be used. A cheap check that a bad input
+    fails in one line before a model is loaded."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise LWMError(f"{p}: no such video, image or folder")
+    total, _ = _frame_chunks(p, max_frames, fps, backend, 1)
+    return total
+
+
 def read_media_codes(path: str | os.PathLike, vqgan, *, max_frames: int | None = 8, fps: float | None = None,
                      backend: str = "auto", cache_dir: str | os.PathLike | None = None,
                      on_frames: Callable[[int, int], None] | None = None) -> MediaCodes:
