@@ -54,3 +54,16 @@ def test_bad_frames_and_config_are_refused():
         trainer.step(trainer.init_state(), np.zeros((16, 16, 3), np.uint8))
     with pytest.raises(LWMError, match="learning_rate"):
         VQGANTrainConfig(learning_rate=0)
+
+
+def test_lwm_tiny_preset_geometry():
+    import jax
+
+    from lwm_core.data import VisionSpec
+
+    config = VQGANConfig.from_name("lwm-tiny")
+    spec = VisionSpec.from_vqgan("lwm-tiny")
+    assert (config.resolution, spec.grid, spec.num_codes) == (64, (8, 8), 512)
+    model = init_vqgan(config, seed=0)
+    codes = jax.eval_shape(lambda x: model.encode(x, "direct")[1], jax.ShapeDtypeStruct((2, 64, 64, 3), np.float32))
+    assert codes.shape == (2, 8, 8)

@@ -1,6 +1,6 @@
 """Training a (small) VQGAN: reconstruction plus codebook and commitment losses, straight-through.
 
-    trainer = VQGANTrainer(init_vqgan(VQGANConfig.from_name("shapes")), VQGANTrainConfig())
+    trainer = VQGANTrainer(init_vqgan(VQGANConfig.from_name("lwm-tiny")), VQGANTrainConfig())
     state = trainer.init_state()
     for frames in batches:                       # [B, H, W, 3] uint8, or floats in [-1, 1]
         state, metrics = trainer.step(state, frames)
