@@ -1,0 +1,405 @@
+"""GPU bench: our attention and long-context prefill/decode against cuDNN and torch on one GPU.
+
+Run on a machine with one NVIDIA GPU, JAX with CUDA and torch (+ transformers) with CUDA:
+
+    python bench/gpu.py all --out gpu.json             # attention, then 7B prefill/decode
+    python bench/gpu.py attention --seqs 8192,32768    # causal attention, bf16, 32 heads x 128
+    python bench/gpu.py attention --backward --seqs 32768 # forward + backward
+    python bench/gpu.py forward --preset 7b --lengths 32768   # whole-sequence forward (no cache)
+    python bench/gpu.py prefill --preset 7b --lengths 32768,65536
+    python bench/gpu.py all --smoke                    # tiny sizes: checks the script on a CPU
+
+Every case runs in a fresh subprocess (JAX and torch each own the GPU's memory while they run).
+Attention: our blockwise kernel (`lwm_core.attention.blockwise_attention`, the one the model uses),
+`jax.nn.dot_product_attention(implementation="cudnn")` (cuDNN flash attention) and torch
+`scaled_dot_product_attention` (flash), same bf16 inputs; outputs checked against each other at the
+first length. Prefill: `load_model("random:PRESET", dtype=bf16)` through the Sampler's chunked cache vs
+transformers LlamaForCausalLM (sdpa, bf16, random weights of the same shapes: speed only), then decode
+steps over the filled cache. Times are min / median / max of `--repeats` runs after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEADS, HEAD_DIM = 32, 128
+
+
+def stats(times):
+    return dict(min=min(times), median=statistics.median(times), max=max(times), n=len(times))
+
+
+def attention_flops(t: int, heads: int, dim: int) -> float:
+    return 2 * 2 * t * t * heads * dim / 2  # QK^T and PV, causal half
+
+
+def inputs(t, heads, dim, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((1, t, heads, dim), dtype=np.float32) for _ in range(3)]
+
+
+def child_jax_attention(case):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    sys.path.insert(0, ROOT)
+    from lwm_core.attention import blockwise_attention
+
+    t, heads, dim = case["seq"], case["heads"], case["dim"]
+    q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in inputs(t, heads, dim))
+    if case["impl"] == "ours":
+        qc, kc = case["chunks"]
+        attend = lambda q, k, v: blockwise_attention(q, k, v, causal=True, query_chunk_size=qc,  # noqa: E731
+                                                     key_chunk_size=kc)
+    else:
+        attend = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True,  # noqa: E731
+                                                              implementation="cudnn")
+    if case.get("backward"):  # forward + backward: gradients of a scalar of the output
+        grad = jax.grad(lambda q, k, v: attend(q, k, v).astype(jnp.float32).sum(), argnums=(0, 1, 2))
+        fn = jax.jit(lambda q, k, v: (attend(q, k, v), grad(q, k, v)))
+    else:
+        fn = jax.jit(attend)
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(q, k, v))
+    out = out[0] if case.get("backward") else out
+    compile_s = time.perf_counter() - start
+    times = []
+    for _ in range(case["repeats"]):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(q, k, v))
+        times.append(time.perf_counter() - start)
+    sample = np.asarray(out[0, -min(t, 256):].astype(jnp.float32))  # the last rows see every key
+    return dict(times=times, compile_s=compile_s, sample=sample.tolist() if case.get("keep") else None,
+                device=str(jax.devices()[0]))
+
+
+def child_torch_attention(case):
+    import torch
+    import torch.nn.functional as F
+
+    t, heads, dim = case["seq"], case["heads"], case["dim"]
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    backward = bool(case.get("backward"))
+    q, k, v = (torch.from_numpy(x).to(dev, torch.bfloat16).transpose(1, 2).requires_grad_(backward)
+               for x in inputs(t, heads, dim))
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+
+    def run():
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if backward:
+            torch.autograd.grad(out.float().sum(), (q, k, v))
+        return out.detach()
+
+    with torch.inference_mode(not backward):
+        out = run()
+        sync()
+        times = []
+        for _ in range(case["repeats"]):
+            start = time.perf_counter()
+            run()
+            sync()
+            times.append(time.perf_counter() - start)
+    sample = out.transpose(1, 2)[0, -min(t, 256):].float().cpu().numpy()
+    return dict(times=times, sample=sample.tolist() if case.get("keep") else None, device=dev)
+
+
+def child_jax_prefill(case):
+    import jax
+    import numpy as np
+
+    sys.path.insert(0, ROOT)
+    from lwm_core import load_model
+    from lwm_core.infer import Sampler
+
+    length, new = case["length"], case["decode"]
+    model = load_model(f"random:{case['preset']}", max_sequence_length=length + 512, dtype="bfloat16",
+                       param_dtype="bfloat16", attention_impl="blockwise",
+                       scan_query_chunk_size=case["chunks"][0], scan_key_chunk_size=case["chunks"][1])
+    sampler = Sampler(model, chunk_size=case["chunk"])
+    prompt = np.random.default_rng(0).integers(3, 32000, length).astype(np.int32)
+    start = time.perf_counter()
+    token, cache, key, _ = sampler.prefill([prompt], max_new_tokens=new)  # compiles, then runs
+    jax.block_until_ready(token)
+    first_s = time.perf_counter() - start
+    del cache
+    times = []
+    for _ in range(case["repeats"]):
+        start = time.perf_counter()
+        token, cache, key, _ = sampler.prefill([prompt], max_new_tokens=new)
+        jax.block_until_ready(token)
+        times.append(time.perf_counter() - start)
+        if _ < case["repeats"] - 1:
+            del cache
+    rng = jax.random.PRNGKey(0)
+    token, cache = sampler.step(token, cache, key, is_vision=False, rng=rng)  # compile the step
+    jax.block_until_ready(token)
+    start = time.perf_counter()
+    for _ in range(new - 1):
+        token, cache = sampler.step(token, cache, key, is_vision=False, rng=rng)
+    jax.block_until_ready(token)
+    decode_s = time.perf_counter() - start
+    stats_ = jax.devices()[0].memory_stats() or {}
+    return dict(times=times, first_s=first_s, decode_tok_s=(new - 1) / decode_s,
+                peak=stats_.get("peak_bytes_in_use"), cache_slots=cache.max_length, device=str(jax.devices()[0]))
+
+
+def child_jax_forward(case):
+    """A whole-sequence forward (training's forward, `lwm info --forward`): last position's logits."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    sys.path.insert(0, ROOT)
+    from lwm_core import load_model
+    from lwm_core.model import default_position_ids
+
+    length = case["length"]
+    model = load_model(f"random:{case['preset']}", max_sequence_length=length, dtype="bfloat16",
+                       param_dtype="bfloat16", attention_impl="blockwise",
+                       scan_query_chunk_size=case["chunks"][0], scan_key_chunk_size=case["chunks"][1])
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def last_logits(state, ids):
+        m = nnx.merge(graphdef, state)
+        hidden = m._hidden(ids, None, default_position_ids(*ids.shape), None, None)  # no mask: cuDNN eligible
+        return m._heads(hidden[:, -1:])[0][:, 0]
+
+    ids = jax.numpy.asarray(np.random.default_rng(0).integers(3, 32000, (1, length)).astype(np.int32))
+    start = time.perf_counter()
+    jax.block_until_ready(last_logits(state, ids))
+    first_s = time.perf_counter() - start
+    times = []
+    for _ in range(case["repeats"]):
+        start = time.perf_counter()
+        jax.block_until_ready(last_logits(state, ids))
+        times.append(time.perf_counter() - start)
+    stats_ = jax.devices()[0].memory_stats() or {}
+    return dict(times=times, first_s=first_s, peak=stats_.get("peak_bytes_in_use"), device=str(jax.devices()[0]))
+
+
+def torch_model(case):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lwm_core.config import ModelConfig
+
+    c = ModelConfig.from_name(case["preset"])
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+                      num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+                      max_position_embeddings=case["length"] + 512, rms_norm_eps=c.rms_norm_eps,
+                      rope_theta=c.rope_theta, attn_implementation="sdpa")
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device(dev):
+        model = LlamaForCausalLM(cfg).eval()
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    return model, cfg, dev, sync
+
+
+def child_torch_forward(case):
+    import torch
+
+    sys.path.insert(0, ROOT)
+    model, _, dev, sync = torch_model(case)
+    ids = torch.randint(3, 32000, (1, case["length"]), device=dev)
+    times = []
+    with torch.inference_mode():
+        model(ids[:, :512], use_cache=False, logits_to_keep=1)
+        sync()
+        for _ in range(case["repeats"]):
+            start = time.perf_counter()
+            model(ids, use_cache=False, logits_to_keep=1)
+            sync()
+            times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() if dev == "cuda" else None
+    return dict(times=times, peak=peak, device=dev)
+
+
+def child_torch_prefill(case):
+    import torch
+    from transformers import DynamicCache
+
+    sys.path.insert(0, ROOT)
+    model, cfg, dev, sync = torch_model(case)
+    ids = torch.randint(3, 32000, (1, case["length"]), device=dev)
+    times = []
+    with torch.inference_mode():
+        model(ids[:, :512], use_cache=True, logits_to_keep=1)
+        sync()
+        for i in range(case["repeats"]):
+            if i == case["repeats"] - 1 and dev == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            out = model(ids, past_key_values=DynamicCache(config=cfg), use_cache=True, logits_to_keep=1)
+            sync()
+            times.append(time.perf_counter() - start)
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        del out
+        new = case["decode"]
+        out = model(token, past_key_values=cache, use_cache=True)
+        sync()
+        start = time.perf_counter()
+        for _ in range(new - 1):
+            out = model(out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values, use_cache=True)
+        sync()
+        decode_s = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() if dev == "cuda" else None
+    return dict(times=times, decode_tok_s=(new - 1) / decode_s, peak=peak, device=dev)
+
+
+CHILDREN = dict(jax_attention=child_jax_attention, torch_attention=child_torch_attention,
+                jax_forward=child_jax_forward, torch_forward=child_torch_forward,
+                jax_prefill=child_jax_prefill, torch_prefill=child_torch_prefill)
+
+
+def run_child(kind, case, timeout):
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONUNBUFFERED="1", **case.get("env", {}))
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(case)], env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(error=f"timed out after {timeout:.0f} s")
+    if proc.returncode:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        errors = [line for line in lines if "Error" in line or "error" in line]
+        return dict(error=(errors or lines or ["no output"])[-1][:300])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_s"] = time.perf_counter() - start
+    return result
+
+
+def bench_attention(args, log):
+    import numpy as np
+
+    for i, seq in enumerate(args.seqs):
+        base = dict(seq=seq, heads=args.heads, dim=HEAD_DIM, repeats=args.repeats, keep=i == 0,
+                    backward=args.backward)
+        # "ours": blockwise_attention as the model calls it (cuDNN hand-off where eligible, fused.py);
+        # "ours-xla": the same with the hand-off off, i.e. our own kernel at the given chunk sizes
+        cases = [("ours", "jax_attention", dict(base, impl="ours", chunks=args.attn_chunks[0]))]
+        cases += [("ours-xla", "jax_attention", dict(base, impl="ours", chunks=c, env={"LWM_FUSED_ATTENTION": "0"}))
+                  for c in args.attn_chunks if seq <= args.xla_max]
+        cases += [("cudnn", "jax_attention", dict(base, impl="cudnn")), ("torch", "torch_attention", base)]
+        samples = {}
+        for name, kind, case in cases:
+            r = run_child(kind, case, args.timeout)
+            label = name + (f" q{case['chunks'][0]}/k{case['chunks'][1]}" if name == "ours-xla" else "")
+            label += " fwd+bwd" if args.backward else ""
+            if "error" in r:
+                print(f"attention T={seq:>7} {label:<18} ERROR {r['error']}", flush=True)
+                log.append(dict(section="attention", seq=seq, impl=label, error=r["error"]))
+                continue
+            s = stats(r["times"])
+            # fwd+bwd counted as 3.5x the forward's FLOPs (backward = 2 matmuls more + the recomputed QK^T)
+            tflops = attention_flops(seq, args.heads, HEAD_DIM) * (3.5 if args.backward else 1) / s["median"] / 1e12
+            if r.get("sample") is not None:
+                samples[label] = np.asarray(r.pop("sample"))
+            r.pop("sample", None)
+            print(f"attention T={seq:>7} {label:<18} ms min/med/max {s['min']*1e3:8.2f} {s['median']*1e3:8.2f} "
+                  f"{s['max']*1e3:8.2f}  {tflops:6.1f} TFLOP/s  ({r['device']})", flush=True)
+            log.append(dict(section="attention", seq=seq, impl=label, tflops=tflops, **s,
+                            compile_s=r.get("compile_s")))
+        if len(samples) > 1 and "torch" in samples:
+            for label, sample in samples.items():
+                err = float(np.abs(sample - samples["torch"]).max())
+                print(f"attention T={seq:>7} {label:<18} max |out - torch| over the last rows: {err:.3g}")
+                log.append(dict(section="attention-check", seq=seq, impl=label, max_abs_vs_torch=err))
+
+
+def bench_prefill(args, log):
+    for length in args.lengths:
+        base = dict(preset=args.preset, length=length, repeats=args.repeats, decode=args.decode)
+        for name, kind, case in [("ours", "jax_prefill", dict(base, chunk=args.chunk, chunks=args.model_chunks)),
+                                 ("transformers", "torch_prefill", base)]:
+            r = run_child(kind, case, args.timeout)
+            if "error" in r:
+                print(f"prefill {args.preset} T={length:>7} {name:<13} ERROR {r['error']}", flush=True)
+                log.append(dict(section="prefill", preset=args.preset, length=length, impl=name, error=r["error"]))
+                continue
+            s = stats(r["times"])
+            peak = f"{r['peak'] / 2**30:6.1f} GiB" if r.get("peak") else "   n/a"
+            print(f"prefill {args.preset} T={length:>7} {name:<13} s min/med/max {s['min']:7.2f} {s['median']:7.2f} "
+                  f"{s['max']:7.2f}  {length / s['median']:9.0f} tok/s  peak {peak}  decode "
+                  f"{r['decode_tok_s']:6.1f} tok/s  (wall {r['wall_s']:.0f} s, {r['device']})", flush=True)
+            log.append(dict(section="prefill", preset=args.preset, length=length, impl=name,
+                            tok_s=length / s["median"], decode_tok_s=r["decode_tok_s"], peak=r.get("peak"),
+                            first_s=r.get("first_s"), **s))
+
+
+def bench_forward(args, log):
+    for length in args.lengths:
+        base = dict(preset=args.preset, length=length, repeats=args.repeats, chunks=args.model_chunks)
+        for name, kind, case in [("ours", "jax_forward", base),
+                                 ("ours-xla", "jax_forward", dict(base, env={"LWM_FUSED_ATTENTION": "0"})),
+                                 ("transformers", "torch_forward", base)]:
+            r = run_child(kind, case, args.timeout)
+            if "error" in r:
+                print(f"forward {args.preset} T={length:>7} {name:<13} ERROR {r['error']}", flush=True)
+                log.append(dict(section="forward", preset=args.preset, length=length, impl=name, error=r["error"]))
+                continue
+            s = stats(r["times"])
+            peak = f"{r['peak'] / 2**30:6.1f} GiB" if r.get("peak") else "   n/a"
+            print(f"forward {args.preset} T={length:>7} {name:<13} s min/med/max {s['min']:7.3f} {s['median']:7.3f} "
+                  f"{s['max']:7.3f}  {length / s['median']:9.0f} tok/s  peak {peak}  (wall {r['wall_s']:.0f} s, "
+                  f"{r['device']})", flush=True)
+            log.append(dict(section="forward", preset=args.preset, length=length, impl=name,
+                            tok_s=length / s["median"], peak=r.get("peak"), **s))
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        print(json.dumps(CHILDREN[sys.argv[2]](json.loads(sys.argv[3]))))
+        return
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["attention", "forward", "prefill", "all"])
+    p.add_argument("--seqs", default="4096,32768,131072")
+    p.add_argument("--heads", type=int, default=HEADS)
+    p.add_argument("--backward", action="store_true", help="attention: time forward + backward")
+    p.add_argument("--xla-max", type=int, default=1 << 30, help="attention: longest T for ours-xla cases")
+    p.add_argument("--attn-chunks", default="512/512,1024/1024,2048/2048", help="ours: query/key chunk sizes")
+    p.add_argument("--preset", default="7b")
+    p.add_argument("--lengths", default="32768,65536")
+    p.add_argument("--chunk", type=int, default=8192, help="prompt chunk of the Sampler")
+    p.add_argument("--model-chunks", default="1024/1024", help="the model's attention query/key chunks")
+    p.add_argument("--decode", type=int, default=33)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=240)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script on a CPU")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    if args.smoke:
+        os.environ.setdefault("LWM_FUSED_ATTENTION", "1")
+        args.seqs, args.heads, args.preset, args.lengths, args.chunk = "512,1024", 4, "debug", "1024", 256
+        args.attn_chunks, args.model_chunks, args.decode, args.repeats = "128/128", "128/128", 5, 3
+    args.seqs = [int(x) for x in args.seqs.split(",")]
+    args.lengths = [int(x) for x in args.lengths.split(",")]
+    args.attn_chunks = [tuple(int(y) for y in x.split("/")) for x in args.attn_chunks.split(",")]
+    args.model_chunks = tuple(int(y) for y in args.model_chunks.split("/"))
+    log = []
+    try:
+        if args.what in ("attention", "all"):
+            bench_attention(args, log)
+        if args.what in ("forward", "all"):
+            bench_forward(args, log)
+        if args.what in ("prefill", "all"):
+            bench_prefill(args, log)
+    finally:
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(log, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
