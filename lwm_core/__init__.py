@@ -23,6 +23,7 @@ _EXPORTS = {
     "plan_generation": "lwm_core.infer",
     "generate_vision": "lwm_core.infer",
     "write_generation": "lwm_core.infer",
+    "Asker": "lwm_core.infer",
     "load_model": "lwm_core.loading",
     "load_params": "lwm_core.checkpoint",
     "save_params": "lwm_core.checkpoint",
