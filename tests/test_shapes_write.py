@@ -13,8 +13,10 @@ from lwm_core.data import DataLoader, RecordProcessor, VisionSpec
 from lwm_core.data.shapes import Scene, scene_seed
 from lwm_core.data.shapes_text import questions
 from lwm_core.data.shapes_write import write_shapes_dataset
+from lwm_core.data.vision import frame_tokens
 from lwm_core.errors import LWMError
 from lwm_core.text import load_tokenizer
+from lwm_core.text.prompts import lwm_chat_segments, lwm_generation_prompt_ids
 from lwm_core.token_files import TokenFile, save_tokens
 from lwm_core.video import read_video
 from lwm_core.vqgan.config import VQGANConfig
@@ -75,6 +77,32 @@ def test_records_build_through_the_data_pipeline(tmp_path):
             _jsonl(out / f"{name}.jsonl"))
         vision = sum(int(b["vision_masks"].sum()) for b in batches)
         assert vision == loader.stats["records"] * 4 * (16 + 1)  # 4 frames of 16 codes + eof/eov each
+
+
+def test_records_read_as_lwm_prompts(tmp_path):
+    """A generation record starts with exactly `lwm generate`'s prompt ids; a QA record is `lwm ask`'s
+    chat input followed by the answer and EOS."""
+    out = tmp_path / "videos"
+    write_shapes_dataset(out, "train", n=2, seed=0, size=32, frames=4, num_shapes=1, event_prob=0.0)
+    tiny = VQGANConfig.from_name("tiny")
+    codes = np.arange(64).reshape(4, 4, 4) % tiny.num_embeddings
+    for record in _jsonl(out / "scenes.jsonl"):
+        save_tokens(out / "tokens" / f"{record['name']}.npz",
+                    TokenFile(codes=codes, frame_indices=np.arange(4), fps=4.0, source=record["clip"],
+                              vqgan_id="test", vqgan_config=tiny.to_json()))
+    tok = load_tokenizer(TOKENIZER)
+    spec = VisionSpec.from_vqgan(tiny)
+    proc = RecordProcessor(tok, None, fields_from_example="fields", vision=spec)
+    vision_ids = list(frame_tokens(codes.reshape(4, 16), spec))
+    gen = _jsonl(out / "generation.jsonl")[0]
+    prompt = _jsonl(out / "scenes.jsonl")[0]["prompt"]
+    example = proc(gen, base_dir=out)
+    head = lwm_generation_prompt_ids(tok, prompt, video=True)
+    assert list(example.tokens[:len(head) + len(vision_ids)]) == head + vision_ids
+    qa = _jsonl(out / "qa.jsonl")[0]
+    question, answer = qa["conversations"][0]["value"].removeprefix("<video>\n"), qa["conversations"][1]["value"]
+    prefix, suffix = lwm_chat_segments(tok, question)
+    assert list(proc(qa, base_dir=out).tokens) == prefix + vision_ids + suffix + tok.encode(answer) + [tok.eos_id]
 
 
 def test_refuses_existing_folder_bad_split_and_range(tmp_path):
