@@ -108,6 +108,10 @@ def test_events_enter_and_leave():
     assert list(scene.masks(32)[i].any(axis=(1, 2))) == [t < frame for t in range(8)]
     with pytest.raises(LWMError, match="two shapes"):
         random_scene(1, 8, num_shapes=1, event="enter")
+    with pytest.raises(LWMError, match="at least 4 frames"):
+        random_scene(1, 3, num_shapes=3, event="enter")
+    with pytest.raises(LWMError, match="unknown event"):
+        random_scene(1, 8, event="explode")
 
 
 def test_splits_are_disjoint_seed_ranges():

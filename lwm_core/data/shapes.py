@@ -213,6 +213,8 @@ def random_scene(seed: int, num_frames: int = 8, *, num_shapes: int | None = Non
         raise LWMError(f"an {event!r} event needs at least 3 frames, got {num_frames}")
     if event == "enter" and n < 2:
         raise LWMError("an 'enter' event needs at least two shapes")
+    if event == "enter" and n - 1 > num_frames - 2:  # entries at distinct frames 1 .. T-2
+        raise LWMError(f"{n} shapes entering one after another need at least {n + 1} frames, got {num_frames}")
     for _ in range(200):  # rejection sampling against heavy occlusion; almost always the first try
         scene = Scene(_draw_shapes(rng, n, num_frames, event, still_prob), num_frames, seed)
         fractions = scene.visible_fractions(64)
