@@ -12,6 +12,7 @@ from lwm_cli.common import console, err_console, handle_errors
 from lwm_core.errors import LWMError
 
 PACKINGS = ("masked", "concat", "pad")
+OVERFLOWS = ("split", "truncate", "skip")  # lwm_core.data.packing.OVERFLOWS
 
 
 def _distributed(coordinator, num_processes, process_id) -> tuple[int, int]:
@@ -61,6 +62,8 @@ def train(
     dtype: str | None = typer.Option(None, "--dtype", help="Compute dtype: float32 or bfloat16."),
     packing: str = typer.Option("masked", "--packing", help="masked (segment ids, per-example loss weights), "
                                                           "or LWM's own concat / pad."),
+    overflow: str = typer.Option("split", "--overflow", help="An example longer than --seq-len: split into "
+                                                           "pieces, truncate, or skip (counted and reported)."),
     remat: str = typer.Option("nothing_saveable", "--remat", help="Rematerialisation policy of each layer "
                                                                  "('' for none)."),
     loss_chunk: int = typer.Option(1024, "--loss-chunk", help="Tokens per chunk of the loss."),
@@ -85,6 +88,8 @@ def train(
         raise LWMError(f"--stage must be 1 (text) or 2 (vision-language), got {stage}")
     if packing not in PACKINGS:
         raise LWMError(f"--packing must be one of {', '.join(PACKINGS)}, got {packing!r}")
+    if overflow not in OVERFLOWS:
+        raise LWMError(f"--overflow must be one of {', '.join(OVERFLOWS)}, got {overflow!r}")
     if init is None and config is None and not resume:
         raise LWMError("pass --config (a preset such as 200m) to train from scratch, or --init CHECKPOINT")
     host, hosts = _distributed(coordinator, num_processes, process_id)
@@ -105,7 +110,10 @@ def train(
                                grad_accum=grad_accum, seed=seed, steps=steps, save_every=save_every, keep=keep,
                                log_every=log_every, loss_chunk_size=loss_chunk, freeze=freeze, dtype=dtype)
     device_mesh = make_mesh(mesh) if mesh else None
-    ring = axis_size(device_mesh, seq_axis()) > 1
+    sp = axis_size(device_mesh, seq_axis())
+    if seq_len % sp:  # before any loading: every row is split over sp
+        raise LWMError(f"--seq-len {seq_len} does not divide by sp={sp} of --mesh {mesh}; pick a multiple of {sp}")
+    ring = sp > 1
     tok = load_tokenizer(tokenizer)
     vision = stage == 2
     processor = RecordProcessor(tok, fields or (None if vision else field),
@@ -114,7 +122,7 @@ def train(
                                 max_n_frames=max_frames, swap_prob=swap_prob, seed=seed)
     # each process packs its own rows from its own lines; the trainer stacks them into the global batch
     loader = DataLoader(data, processor, batch_size=batch_size // hosts, seq_length=seq_len, packing=packing,
-                        shard_index=host, shard_count=hosts, epochs=None, prefetch=2)
+                        overflow=overflow, shard_index=host, shard_count=hosts, epochs=None, prefetch=2)
     run_options = {"remat_block": remat, "attention_impl": "ring" if ring else "blockwise"}
     if ring:
         run_options["sequence_layout"] = "zigzag"

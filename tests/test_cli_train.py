@@ -2,6 +2,7 @@
 weights), `--freeze text`, the run folder as a checkpoint, and one-line errors."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +75,97 @@ def test_stage_1_then_stage_2_from_the_text_run(workdir):
     (["--packing", "zip"], "--packing must be one of"),
     ([], "pass --config"),
     (["--config", "debug", "--seq-len", "5000"], "exceed max_sequence_length"),
+    (["--config", "debug", "--seq-len", "30", "--mesh", "1,2,1,4"], "--seq-len 30 does not divide by sp=4"),
+    (["--overflow", "drop"], "--overflow must be one of split, truncate, skip"),
 ])
 def test_bad_options_are_one_line_and_exit_2(workdir, args, message):
     result = _train(workdir, "--data", str(workdir / "books.jsonl"), "--out", str(workdir / "bad"), *args)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_malformed_lines_are_counted_reported_and_skipped(workdir, tmp_path):
+    lines = ["{not json", json.dumps({"text": "the cat sat on a mat"}), json.dumps({"txt": "no text field"}),
+             *[json.dumps({"text": "the dog ran to the red ball " * 6})] * 8]  # longer than a row: no second pass
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    result = _train(workdir, "--data", str(tmp_path / "bad.jsonl"), "--config", str(workdir / "tiny.json"),
+                    "--seq-len", "64", "--batch-size", "2", "--steps", "2", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    assert "malformed lines 1, bad records 1" in result.output.splitlines()[-1]  # the data line
+
+
+def test_a_token_file_from_another_vqgan(workdir, tmp_path):
+    from lwm_core.token_files import TokenFile, save_tokens
+
+    # 8 x 8 codes per frame from a 1024-entry codebook; the model's data expects LWM's 16 x 16 from 8192
+    save_tokens(tmp_path / "clip.npz", TokenFile(codes=np.zeros((2, 8, 8), np.uint16), frame_indices=np.arange(2),
+                                                 fps=4.0, source="clip.mp4", vqgan_id="other",
+                                                 vqgan_config=json.dumps({"num_embeddings": 1024})))
+    (tmp_path / "vision.jsonl").write_text(
+        json.dumps({"fields": "[caption],vision", "caption": "a red square", "vision": "clip.npz"}) + "\n")
+    result = _train(workdir, "--stage", "2", "--data", str(tmp_path / "vision.jsonl"), "--config",
+                    str(workdir / "tiny.json"), "--seq-len", "300", "--batch-size", "2", "--steps", "2",
+                    "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2, result.output
+    assert "was written by a different VQGAN (8x8 codes per frame from a 1024-entry codebook" in result.output
+    assert "Traceback" not in result.output
+    assert not list((tmp_path / "run").glob("checkpoints/[0-9]*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failing", ["checkpoint", "metrics"])
+def test_a_full_output_folder_mid_run_keeps_the_previous_checkpoint(workdir, tmp_path, monkeypatch, failing):
+    import orbax.checkpoint as ocp
+
+    import lwm_core.train.tensorboard as tensorboard
+
+    out = tmp_path / "run"
+    real_save, real_write = ocp.CheckpointManager.save, tensorboard.EventWriter._write
+
+    def disk_full(*args, **kwargs):  # what a full disk does after the first checkpoint (step 4)
+        raise OSError(28, "No space left on device")
+
+    def save(self, step, *args, **kwargs):
+        return disk_full() if step > 4 else real_save(self, step, *args, **kwargs)
+
+    steps = {"n": 0}
+
+    def write(self, data):
+        steps["n"] += 1
+        return disk_full() if steps["n"] > 6 else real_write(self, data)  # file header + 5 steps, then full
+
+    if failing == "checkpoint":
+        monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    else:
+        monkeypatch.setattr(tensorboard.EventWriter, "_write", write)
+    result = _train(workdir, "--data", str(workdir / "books.jsonl"), "--config", str(workdir / "tiny.json"),
+                    "--seq-len", "64", "--batch-size", "2", "--steps", "8", "--save-every", "4", "--log-every", "1",
+                    "--out", str(out))
+    monkeypatch.undo()
+    assert result.exit_code == 2, result.output
+    assert "No space left on device" in result.output and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    if failing == "checkpoint":
+        assert "cannot save the checkpoint of step 8" in errors[0] and "step 4 is intact" in errors[0]
+    else:
+        assert "cannot write the metrics of step 6" in errors[0]
+    # the step-4 checkpoint is whole: the link names it, the weights load, and the run resumes from it
+    assert os.readlink(out / "params") == os.path.join("checkpoints", "4", "params")
+    assert load_model(str(out)).config.hidden_size == 48
+    if failing == "metrics":
+        return
+    result = _train(workdir, "--data", str(workdir / "books.jsonl"), "--seq-len", "64", "--batch-size", "2",
+                    "--steps", "8", "--save-every", "4", "--log-every", "1", "--out", str(out), "--resume")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, 9))
+
+
+def test_overflow_truncate(workdir, tmp_path):  # the default, split, shows in the other runs' data line
+    short = [json.dumps({"text": "the cat sat on a mat"})] * 7
+    (tmp_path / "long.jsonl").write_text("\n".join([json.dumps({"text": "the red ball " * 60}), *short]) + "\n")
+    result = _train(workdir, "--data", str(tmp_path / "long.jsonl"), "--config", str(workdir / "tiny.json"),
+                    "--seq-len", "64", "--batch-size", "2", "--steps", "1", "--overflow", "truncate",
+                    "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == "data: truncated 1", result.output

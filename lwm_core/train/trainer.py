@@ -238,9 +238,13 @@ class MetricsLog:
         self.last, self.tokens, self.flops = now, 0, 0.0
         if not self.writes:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(line) + "\n")
-        self.events.scalars(step, {k: line[k] for k in self.TENSORBOARD})
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(line) + "\n")
+            self.events.scalars(step, {k: line[k] for k in self.TENSORBOARD})
+        except OSError as exc:  # a full disk, a folder made read-only: one line, the checkpoints stand
+            raise LWMError(f"cannot write the metrics of step {step} in {self.path.parent} ({exc.strerror or exc}); "
+                           "free space or fix the folder, then --resume from its newest checkpoint") from exc
         log.info("step %d loss %.4f (text %.4f, vision %.4f) lr %.3g grad_norm %.3g %.0f tok/s mfu %.3f", step,
                  line["loss"], line["text_loss"], line["vision_loss"], line["lr"], line["grad_norm"],
                  line["tokens_per_s"], line["mfu"])
