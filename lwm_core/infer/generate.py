@@ -40,6 +40,7 @@ from lwm_core.errors import LWMError
 from lwm_core.infer import processors as lp
 from lwm_core.infer.sampler import ForcedTokens, Sampler, SamplingSettings
 from lwm_core.text.prompts import lwm_generation_prompt_ids, lwm_unconditional_prompt_ids
+from lwm_core.vision_tokens import EOF_TOKEN, EOV_TOKEN
 
 FPS = 4.0  # LWM writes videos at 4 frames per second
 SUFFIXES = (".png", ".gif", ".mp4")
@@ -128,8 +129,8 @@ def vision_spec(model_config: ModelConfig, vqgan_config) -> VisionSpec:
         spec = VisionSpec.from_vqgan(vqgan_config)
     except LWMError:
         raise LWMError(f"the VQGAN has {vqgan_config.num_embeddings} codes but LWM's vision vocabulary keeps "
-                       "8192 and 8193 for end of frame / end of vision, so it cannot be this model's VQGAN; "
-                       "use the VQGAN the model was trained with (--vqgan, --vqgan-config)") from None
+                       f"{EOF_TOKEN} and {EOV_TOKEN} for end of frame / end of vision, so it cannot be this "
+                       "model's VQGAN; use the VQGAN the model was trained with (--vqgan, --vqgan-config)") from None
     if max(spec.num_codes, spec.eov_id + 1) > model_config.vision_vocab_size:
         raise LWMError(f"the VQGAN's {spec.num_codes} codes and end-of-frame ids {spec.eof_id}/{spec.eov_id} "
                        f"do not fit the model's vision vocabulary of {model_config.vision_vocab_size}; use the "
