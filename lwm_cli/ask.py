@@ -69,9 +69,12 @@ def _vqgan_config(text: str | None):
     from lwm_core.vqgan import VQGANConfig
 
     path = Path(text).expanduser()
-    if path.is_file():
-        return VQGANConfig.from_json(path.read_text())
-    return VQGANConfig.from_json(text) if text.lstrip().startswith("{") else VQGANConfig.from_name(text)
+    try:
+        if path.is_file():
+            return VQGANConfig.from_json(path.read_text())
+        return VQGANConfig.from_json(text) if text.lstrip().startswith("{") else VQGANConfig.from_name(text)
+    except (ValueError, TypeError) as exc:  # bad JSON or field values
+        raise LWMError(f"--vqgan-config {text!r} is not a VQGANConfig JSON or preset ({exc})") from None
 
 
 def _progress(description: str) -> Progress:
@@ -89,7 +92,7 @@ def ask(
     out: str | None = typer.Option(None, "--out", help="Answers .jsonl for --questions FILE.jsonl "
                                                        "(default: FILE.answers.jsonl beside it)."),
     checkpoint: str | None = typer.Option(None, "--checkpoint", help="Vision-language checkpoint spec "
-                                          "(params::FILE, hf::DIR, an orbax folder, random:PRESET)."),
+                                          "(params::FILE, an orbax folder, random:PRESET)."),
     config: str | None = typer.Option(None, "--config", help="Model preset (e.g. 7b-1m) or ModelConfig JSON."),
     tokenizer: str | None = typer.Option(None, "--tokenizer", help="LLaMA tokenizer.model or a HF folder."),
     vqgan: str | None = typer.Option(None, "--vqgan", help="VQGAN weights (.pkl, diffusers folder, .safetensors) "
