@@ -96,17 +96,17 @@ def print_plan(plan: dict, pending: int) -> None:
     err_console.print(table)
 
 
-def _grid_table(settings, scores: dict) -> Table:
-    """The live grid: a row per length, a column per depth, each cell its mean score so far."""
+def _grid_table(rows, depths, scores: dict, what: str) -> Table:
+    """The live grid: a row per length (or frame count), a column per depth, each cell its mean score."""
     from lwm_core.evals.heatmap import length_label, score_colour
 
-    table = Table(title="score by context length (rows) and depth % (columns)", title_justify="left")
-    table.add_column("length", justify="right")
-    for depth in settings.depths:
+    table = Table(title=f"score by {what} (rows) and depth % (columns)", title_justify="left")
+    table.add_column(what.split()[-1], justify="right")
+    for depth in depths:
         table.add_column(f"{depth:g}", justify="center")
-    for length in settings.lengths:
+    for length in rows:
         cells = []
-        for depth in settings.depths:
+        for depth in depths:
             values = scores.get((length, depth))
             if not values:
                 cells.append("[dim]·[/]")
@@ -116,6 +116,29 @@ def _grid_table(settings, scores: dict) -> Table:
             cells.append(f"[on #{r:02x}{g:02x}{b:02x}] {mean:.2f} [/]")
         table.add_row(length_label(length), *cells)
     return table
+
+
+def _run_live(rows, depths, what: str, done: list[dict], keys: set, total: int, run_fn, info_fn) -> list[dict]:
+    """`run_fn(on_batch)` under a live grid and a progress bar; returns its records."""
+    from lwm_core.evals.runner import record_key
+
+    scores: dict = {}
+    add = lambda r: scores.setdefault((r["context_length"], r["depth_percent"]), []).append(float(r["correct"]))
+    for r in done:
+        if record_key(r) in keys:
+            add(r)
+    progress = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                        TimeRemainingColumn(), console=err_console)
+    bar = progress.add_task("needle", total=total, completed=sum(len(v) for v in scores.values()), info="compiling")
+    with Live(Group(_grid_table(rows, depths, scores, what), progress), console=err_console,
+              refresh_per_second=4) as live:
+        def on_batch(new, count, _total):
+            for r in new:
+                add(r)
+            progress.update(bar, completed=count, info=info_fn(new[-1]))
+            live.update(Group(_grid_table(rows, depths, scores, what), progress))
+
+        return run_fn(on_batch)
 
 
 def _summary_line(records: list[dict], png: Path, out: Path) -> str:
@@ -167,7 +190,16 @@ def needle(
     chunk_size: int = typer.Option(2048, "--chunk-size", help="Prompt tokens per prefill step."),
     seed: int = typer.Option(1234, "--seed", help="Draws the cities, numbers and keys (LWM: 1234)."),
     dtype: str | None = typer.Option(None, "--dtype", help="Compute dtype: float32 or bfloat16."),
-    video: Path | None = typer.Option(None, "--video", help="LongVA's visual needle (not built yet)."),
+    video: Path | None = typer.Option(None, "--video", help="LongVA's visual needle: the haystack video "
+                                                           "(vision-language models)."),
+    needle_image: Path | None = typer.Option(None, "--needle-image", help="With --video: the needle frame."),
+    question: str | None = typer.Option(None, "--question", help="With --video: the question about the needle."),
+    answer: str | None = typer.Option(None, "--answer", help="With --video: its short answer (scored)."),
+    frames: str | None = typer.Option(None, "--frames", help="With --video: haystack frame counts, e.g. '8,64'."),
+    fps: float = typer.Option(1.0, "--fps", help="With --video: frames sampled per second (LongVA: 1)."),
+    vqgan: str | None = typer.Option(None, "--vqgan", help="With --video: the model's VQGAN (LWM pickle, "
+                                                          "diffusers folder, .safetensors, random:tiny)."),
+    score: str = typer.Option("generate", "--score", help="With --video: generate, or teacher-forced (LongVA)."),
     rope_theta: RopeThetaOption = None,
     max_sequence_length: MaxSequenceLengthOption = None,
 ):
@@ -177,6 +209,8 @@ def needle(
       lwm needle --ctx 1M --ctx-min 1000 --n-ctx 20 --n-depth 20 --checkpoint params::lwm-text-1m
                  --config 7b-1m --tokenizer tokenizer.model --haystack pg19.jsonl --mesh 1,1,1,8
       lwm needle --ctx 4K,32K --task multikey_2 --checkpoint hf::LWM-Text-Chat-1M --tokenizer LWM-Text-Chat-1M
+      lwm needle --video haystack.mp4 --needle-image needle.png --question "What is the animal?" --answer cat
+                 --frames 64,256,1024 --n-depth 5 --checkpoint hf::LWM-Chat-1M --tokenizer LWM-Chat-1M --vqgan vqgan
       lwm needle --plot needle_results.json
     """
     from lwm_core.evals import NeedleSettings, context_lengths, depth_percents, heatmap_png, read_results
@@ -185,11 +219,22 @@ def needle(
         if not plot.is_file():
             raise LWMError(f"--plot {plot} does not exist; pass a results JSON written by lwm needle")
         records = read_results(plot)
-        png = heatmap_png(records, plot.with_suffix(".png"), title=plot.stem)
+        visual = bool(records) and all(r.get("task") == "visual" for r in records)
+        png = heatmap_png(records, plot.with_suffix(".png"), title=plot.stem,
+                          x_label="Frames" if visual else "Context Length")
         console.print(_summary_line(records, png, plot), highlight=False)
         return
     if video is not None:
-        raise LWMError("--video (LongVA's visual needle) is not built yet; run the text needle without --video")
+        if checkpoint is None or tokenizer is None or vqgan is None:
+            raise LWMError("--video needs --checkpoint (a vision-language model), --tokenizer and --vqgan")
+        if needle_image is None or question is None or answer is None or frames is None:
+            raise LWMError("--video needs --needle-image, --question, --answer and --frames (e.g. '8,64')")
+        return run_video(video=video, needle_image=needle_image, question=question, answer=answer, frames=frames,
+                         fps=fps, vqgan=vqgan, scoring=score, depths=depth_percents(n_depth, depths),
+                         checkpoint=checkpoint, config=config, tokenizer=tokenizer, out=out, mesh=mesh,
+                         max_memory=max_memory, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                         chunk_size=chunk_size, dtype=dtype, plan_only=plan_only,
+                         changes=config_changes(rope_theta, max_sequence_length))
     if ctx is None:
         raise LWMError("pass --ctx, the largest context length (e.g. 128K or 1M) or a list '4K,32K'")
     if checkpoint is None:
@@ -264,23 +309,75 @@ def run(settings, *, checkpoint, config, tokenizer, haystack, field, out: Path, 
     sampler = Sampler(model, chunk_size=chunk_size)
     settings = dataclasses.replace(settings, batch_size=plan["batch_size"])  # lowered to fit --max-memory
 
-    scores: dict = {}
-    for r in done:
-        if record_key(r) in keys:
-            scores.setdefault((r["context_length"], r["depth_percent"]), []).append(float(r["correct"]))
-    progress = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                        TimeRemainingColumn(), console=err_console)
-    bar = progress.add_task("needle", total=plan["trials"], completed=finished, info="compiling")
-    with Live(Group(_grid_table(settings, scores), progress), console=err_console, refresh_per_second=4) as live:
-        def on_batch(new, count, total):
-            for r in new:
-                scores.setdefault((r["context_length"], r["depth_percent"]), []).append(float(r["correct"]))
-            last = new[-1]
-            progress.update(bar, completed=count, info=f"{last['context_length']:,} tokens: prefill "
-                                                       f"{last['prefill_s']:.1f} s, decode {last['decode_s']:.1f} s")
-            live.update(Group(_grid_table(settings, scores), progress))
-
-        records = run_needle(sampler, tok, hay, settings, out, on_batch=on_batch)
+    info = lambda r: (f"{r['context_length']:,} tokens: prefill {r['prefill_s']:.1f} s, "
+                      f"decode {r['decode_s']:.1f} s")
+    records = _run_live(settings.lengths, settings.depths, "context length", done, keys, plan["trials"],
+                        lambda on_batch: run_needle(sampler, tok, hay, settings, out, on_batch=on_batch), info)
     mine = [r for r in records if record_key(r) in keys]
     png = heatmap_png(mine, out.with_suffix(".png"), title=f"{Path(checkpoint).name} {settings.task}")
+    console.print(_summary_line(mine, png, out), highlight=False)
+
+
+def run_video(*, video: Path, needle_image: Path, question: str, answer: str, frames: str, fps: float, vqgan: str,
+              scoring: str, depths, checkpoint, config, tokenizer, out: Path, mesh, max_memory, batch_size,
+              max_new_tokens, chunk_size, dtype, plan_only, changes) -> None:
+    """LongVA's visual needle: plan (refusing before the model loads), encode the haystack video and
+    the needle image once, run the frames x depths grid, draw, summarise."""
+    from lwm_core.evals import NeedleSettings, heatmap_png, plan_needle, read_results
+    from lwm_core.evals.runner import record_key
+    from lwm_core.evals.visual import VisualSettings, run_visual
+    from lwm_core.infer import Sampler
+    from lwm_core.infer.vision_prompt import check_media, read_media_codes, vision_spec
+    from lwm_core.loading import load_model
+    from lwm_core.mesh import MESH_AXES
+    from lwm_core.text import load_tokenizer
+    from lwm_core.text.prompts import lwm_chat_segments
+    from lwm_core.vqgan import load_vqgan
+
+    try:
+        counts = [int(n) for n in frames.split(",") if n.strip()]
+    except ValueError:
+        raise LWMError(f"--frames {frames!r} must be whole frame counts, e.g. '8,64,256'") from None
+    settings = VisualSettings(tuple(counts), tuple(depths), question, answer, scoring, max_new_tokens, batch_size)
+    done = read_results(out)
+    available = check_media(video, max_frames=settings.frame_counts[-1], fps=fps)  # no decoding yet
+    if available < settings.frame_counts[-1]:
+        raise LWMError(f"{video} gives {available} frames at {fps:g} frame(s) a second, fewer than the "
+                       f"{settings.frame_counts[-1]} asked; use a longer video, a higher --fps or smaller --frames")
+    check_media(needle_image, max_frames=1)
+    model_config = _model_config(checkpoint, config, changes, dtype)
+    tok = load_tokenizer(tokenizer)
+    vq = load_vqgan(vqgan)
+    spec = vision_spec(model_config, vq.config)  # a text-only model or a mismatched VQGAN: refused here
+    prefix, suffix = lwm_chat_segments(tok, question)
+    largest = len(prefix) + len(suffix) + (settings.frame_counts[-1] + 1) * (spec.tokens_per_frame + 1)
+    device_mesh = _device_mesh(mesh)
+    shape = ",".join(str(device_mesh.shape[a]) for a in MESH_AXES) if device_mesh is not None else "1,1,1,1"
+    as_text = NeedleSettings(lengths=(largest + max_new_tokens,), depths=settings.depths, buffer=max_new_tokens,
+                             max_new_tokens=max_new_tokens, batch_size=batch_size)
+    plan = plan_needle(model_config, shape, as_text, chunk_size=chunk_size,
+                       max_memory=parse_bytes(max_memory) if max_memory else _default_budget())
+    keys = {settings.key(*t) for t in settings.trials()}
+    finished = sum(record_key(r) in keys for r in done)
+    plan["trials"] = len(settings.trials())
+    print_plan(plan, plan["trials"] - finished)
+    err_console.print(f"frames: {', '.join(map(str, settings.frame_counts))} (+ the needle), "
+                      f"{spec.tokens_per_frame + 1} tokens each; largest prompt {largest:,} tokens", highlight=False)
+    if plan_only:
+        return
+    with err_console.status("reading and encoding the haystack video"):
+        hay = read_media_codes(video, vq, max_frames=settings.frame_counts[-1], fps=fps).codes
+        needle_codes = read_media_codes(needle_image, vq, max_frames=1).codes
+    with err_console.status("loading the model"):
+        model = load_model(checkpoint, config, mesh=device_mesh, dtype=model_config.dtype,
+                           rope_theta=changes.get("rope_theta"),
+                           max_sequence_length=changes.get("max_sequence_length"))
+    sampler = Sampler(model, chunk_size=chunk_size)
+    settings = dataclasses.replace(settings, batch_size=plan["batch_size"])
+    records = _run_live(settings.frame_counts, settings.depths, "haystack frames", done, keys, plan["trials"],
+                        lambda on_batch: run_visual(sampler, tok, spec, hay, needle_codes, settings, out,
+                                                    on_batch=on_batch),
+                        lambda r: f"{r['frames']} frames ({r['context_tokens']:,} tokens): {r['time_s']:.1f} s")
+    mine = [r for r in records if record_key(r) in keys]
+    png = heatmap_png(mine, out.with_suffix(".png"), title=f"{Path(checkpoint).name} visual needle", x_label="Frames")
     console.print(_summary_line(mine, png, out), highlight=False)

@@ -1,4 +1,5 @@
-"""Evaluations: LWM's needle in a haystack, RULER's NIAH family, and their heatmap.
+"""Evaluations: LWM's needle in a haystack, RULER's NIAH family, LongVA's visual needle
+(`lwm_core.evals.visual`), and their heatmap.
 
     from lwm_core.evals import NeedleSettings, load_haystack, plan_needle, run_needle
 """

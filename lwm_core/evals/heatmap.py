@@ -49,8 +49,10 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def heatmap_png(records: list[dict], out_path, *, title: str = "", cell=(44, 26)) -> Path:
-    """Draw the records' grid to `out_path` (written atomically); returns the path."""
+def heatmap_png(records: list[dict], out_path, *, title: str = "", x_label: str = "Context Length",
+                cell=(44, 26)) -> Path:
+    """Draw the records' grid to `out_path` (written atomically); returns the path. `x_label`: LWM's
+    "Context Length", or e.g. "Frames" for the visual needle."""
     from PIL import Image, ImageDraw
 
     lengths, depths, scores = grid_scores(records)
@@ -71,7 +73,7 @@ def heatmap_png(records: list[dict], out_path, *, title: str = "", cell=(44, 26)
         draw.text((x, top + ch * len(depths) + 6), length_label(length), fill="black", font=small, anchor="ma")
     for j, depth in enumerate(depths):
         draw.text((left - 6, top + j * ch + ch // 2), f"{depth:g}", fill="black", font=small, anchor="rm")
-    draw.text((left + cw * len(lengths) // 2, height - 24), "Context Length", fill="black", font=big, anchor="ma")
+    draw.text((left + cw * len(lengths) // 2, height - 24), x_label, fill="black", font=big, anchor="ma")
     label = Image.new("RGB", (140, 20), "white")  # the y label, drawn then turned upright
     ImageDraw.Draw(label).text((70, 10), "Depth Percent", fill="black", font=big, anchor="mm")
     image.paste(label.rotate(90, expand=True), (8, top + ch * len(depths) // 2 - 70))

@@ -25,7 +25,7 @@ from lwm_core.evals.needle import BUFFER, Haystack, Trial, lwm_trial, score
 from lwm_core.evals.ruler import TASKS, ruler_trial, ruler_task, string_match_all
 from lwm_core.fileio import atomic_path
 
-TIMING_FIELDS = ("prefill_s", "decode_s")  # the only record fields that differ between identical runs
+TIMING_FIELDS = ("prefill_s", "decode_s", "time_s")  # the only record fields that differ between identical runs
 _SUFFIXES = {"k": 1 << 10, "m": 1 << 20}
 
 
@@ -169,7 +169,8 @@ def plan_needle(config, mesh_shape: str, settings: NeedleSettings, *, chunk_size
     top = settings.lengths[-1]
     if top > config.max_sequence_length:
         raise LWMError(f"context length {top:,} exceeds the model's max_sequence_length "
-                       f"{config.max_sequence_length:,}; lower --ctx (or extend the model's context first)")
+                       f"{config.max_sequence_length:,}; lower --ctx (--frames with --video) or extend the model's "
+                       "context first")
     mesh = planning_mesh(mesh_shape)
     sp = axis_size(mesh, seq_axis())
     padded, chunk, cache = _sampler_plan(config, mesh, chunk_size, top - settings.buffer, settings.max_new_tokens)
