@@ -208,3 +208,15 @@ def test_preprocess_crop_offset_rounds_half_to_even_like_pil():
     np.testing.assert_array_equal(preprocess_frames(frame[None])[0], frame[:, 84:340] / np.float32(127.5) - 1.0)
     tall = np.random.default_rng(3).integers(0, 256, (425, 256, 3), dtype=np.uint8)  # 84.5 -> 84
     np.testing.assert_array_equal(preprocess_frames(tall[None])[0], tall[84:340] / np.float32(127.5) - 1.0)
+
+
+@pytest.mark.slow
+def test_chat_on_a_mesh_gives_the_single_device_answers(model, tok, vq, asker, clip):
+    from lwm_core import make_mesh
+
+    questions = ["What is it?", "And then?"]
+    single = asker.chat(asker.media(clip), questions, max_new_tokens=5)
+    sharded = Asker(load_model("random:debug", CONFIG, mesh=make_mesh("1,2,2,2")), tok, vq)
+    on_mesh = sharded.chat(sharded.media(clip), questions, max_new_tokens=5)
+    assert [a.answer_ids for a in on_mesh] == [a.answer_ids for a in single]
+    assert [a.prompt_ids for a in on_mesh] == [a.prompt_ids for a in single]
