@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from lwm_cli.main import app
 from lwm_core import ModelConfig, Sampler, load_model
-from lwm_core.evals.visual import needle_frame, teacher_forced, visual_prompt
+from lwm_core.evals.visual import VisualSettings, needle_frame, run_visual, teacher_forced, visual_prompt
 from lwm_core.infer.vision_prompt import read_media_codes, vision_spec
 from lwm_core.text import load_tokenizer
 from lwm_core.vqgan import load_vqgan
@@ -35,11 +35,17 @@ def media(tmp_path_factory):
     return folder
 
 
-def test_needle_frame_sits_at_the_depth_between_haystack_frames(media):
+@pytest.fixture(scope="module")
+def coded(media):
+    """(tokenizer, frame spec, haystack codes [8, 16], needle codes [1, 16]), encoded once."""
     tok, vq = load_tokenizer(TOKENIZER), load_vqgan("random:tiny")
-    spec = vision_spec(CONFIG, vq.config)
-    hay = read_media_codes(media / "hay.mp4", vq, max_frames=8, fps=10).codes  # [8, 16]
-    needle = read_media_codes(media / "needle.png", vq, max_frames=1).codes  # [1, 16]
+    hay = read_media_codes(media / "hay.mp4", vq, max_frames=8, fps=10).codes
+    needle = read_media_codes(media / "needle.png", vq, max_frames=1).codes
+    return tok, vision_spec(CONFIG, vq.config), hay, needle
+
+
+def test_needle_frame_sits_at_the_depth_between_haystack_frames(coded):
+    tok, spec, hay, needle = coded
     for depth, frame in ((0, 0), (50, 4), (100, 8), (30, 2)):
         assert needle_frame(8, depth) == frame
         prompt, pos = visual_prompt(tok, spec, hay, needle, 8, depth, "What is it?")
@@ -52,12 +58,9 @@ def test_needle_frame_sits_at_the_depth_between_haystack_frames(media):
         np.testing.assert_array_equal(frames, expected)
 
 
-def test_teacher_forced_agrees_with_the_samplers_greedy_tokens(media):
-    tok, vq = load_tokenizer(TOKENIZER), load_vqgan("random:tiny")
+def test_teacher_forced_agrees_with_the_samplers_greedy_tokens(coded, tmp_path):
+    tok, spec, hay, needle = coded
     model = load_model("random:debug", CONFIG)
-    spec = vision_spec(CONFIG, vq.config)
-    hay = read_media_codes(media / "hay.mp4", vq, max_frames=4, fps=10).codes
-    needle = read_media_codes(media / "needle.png", vq, max_frames=1).codes
     prompt, _ = visual_prompt(tok, spec, hay, needle, 4, 50, "What is it?")
     out = Sampler(model, chunk_size=64).generate([prompt.ids], vision_masks=[prompt.vision_mask], max_new_tokens=4)
     greedy = out.tokens[0]
@@ -65,6 +68,11 @@ def test_teacher_forced_agrees_with_the_samplers_greedy_tokens(media):
     wrong = greedy.copy()
     wrong[2] = (wrong[2] + 1) % 512
     assert not teacher_forced(model, prompt.ids, prompt.vision_mask, wrong)
+    # and through the grid runner: greedy tokens as the answer text are scored correct at every depth
+    settings = VisualSettings(frame_counts=(4,), depths=(0.0, 100.0), question="What is it?", answer="x",
+                              scoring="teacher-forced", batch_size=2)
+    records = run_visual(Sampler(model, chunk_size=64), tok, spec, hay, needle, settings, tmp_path / "tf.json")
+    assert [r["needle_frame"] for r in records] == [0, 4] and all(r["scoring"] == "teacher-forced" for r in records)
 
 
 def _video_args(media, out, *extra):
@@ -75,11 +83,11 @@ def _video_args(media, out, *extra):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scoring", ["generate", "teacher-forced"])
-def test_video_needle_runs_end_to_end_on_4_devices(media, tmp_path, scoring):
+def test_video_needle_runs_end_to_end_on_4_devices(media, tmp_path):
     out = tmp_path / "v.json"
+    scoring = "generate"  # teacher-forced scoring is checked against the sampler above
     result = runner.invoke(app, _video_args(media, out, "--frames", "4,8", "--config", str(media / "vis.json"),
-                                            "--mesh", "1,1,1,4", "--score", scoring))
+                                            "--mesh", "1,1,1,4"))
     assert result.exit_code == 0, result.output
     records = json.loads(out.read_text())
     assert [(r["frames"], r["depth_percent"]) for r in records] == [
