@@ -77,7 +77,9 @@ def print_plan(plan: dict, pending: int) -> None:
     from lwm_core.evals.heatmap import length_label
 
     mesh = ",".join(f"{k}={v}" for k, v in plan["mesh"].items())
-    minutes = plan["estimated_s"] / 60
+    seconds = plan["estimated_s"]
+    took = (f"{seconds / 60:,.1f} min" if seconds < 7200 else f"{seconds / 3600:,.1f} h" if seconds < 172800
+            else f"{seconds / 86400:,.0f} days")
     table = Table(title="needle plan", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
@@ -91,7 +93,7 @@ def print_plan(plan: dict, pending: int) -> None:
     table.add_row("memory/device", f"{_gib(plan['memory_per_device'])}{budget} (weights "
                                    f"{_gib(plan['weights_per_device'])}, cache {_gib(plan['cache_per_device'])}); "
                                    f"mesh {mesh}")
-    table.add_row("estimate", f"~{minutes:,.1f} min for all trials at half the measured matmul rate "
+    table.add_row("estimate", f"~{took} for all trials at half the measured matmul rate "
                               f"({plan['flops_per_s'] / 1e12:,.2f} TFLOP/s here)")
     err_console.print(table)
 

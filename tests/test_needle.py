@@ -212,3 +212,9 @@ def test_heatmap_uses_lwms_scale_per_cell(tmp_path):
     centre = lambda i, j: tuple(image[46 + j * 26 + 13, 90 + i * 280 + 140])
     assert centre(0, 0) == score_colour(1) and centre(0, 1) == score_colour(0)
     assert centre(1, 0) == score_colour(0.5) and centre(1, 1) == score_colour(1)
+
+
+def test_length_labels_use_k_of_1024():
+    from lwm_core.evals.heatmap import length_label
+
+    assert [length_label(n) for n in (1_048_576, 131_072, 4096, 1000, 55_632)] == ["1M", "128K", "4K", "1000", "54K"]

@@ -108,3 +108,20 @@ def test_a_prompt_at_the_models_limit_runs_and_equals_full_forward_passes(model)
         logits = forward(jnp.asarray([ids + [0] * (1024 - len(ids))]))
         ids.append(int(jnp.argmax(logits[0, len(ids) - 1])))
     assert out.tokens[0].tolist() == ids[1013:]
+
+
+def test_ids_past_the_tokenizers_vocabulary_are_dropped_from_the_response(tok, tmp_path):
+    """A model's vocabulary may be padded past its tokenizer's: such generated ids have no text."""
+    import numpy as np
+
+    from lwm_core.infer.sampler import Generation
+
+    class Fixed:  # the 'model' answers: <id 600>, then the pieces of ' 1234', then eos
+        def generate(self, prompts, **kwargs):
+            row = [600] + tok.encode(" 1234") + [tok.eos_id]
+            tokens = np.asarray([row] * len(prompts), np.int32)
+            return Generation(tokens, np.zeros_like(tokens, bool), np.full(len(prompts), len(row)), 0, 0)
+
+    settings = NeedleSettings(lengths=(400,), depths=(50.0,), batch_size=1, max_new_tokens=8, buffer=20)
+    (record,) = run_needle(Fixed(), tok, load_haystack(tok, None, 500), settings, tmp_path / "v.json")
+    assert record["response"] == tok.decode(tok.encode(" 1234"))

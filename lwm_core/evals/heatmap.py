@@ -33,11 +33,12 @@ def grid_scores(records: list[dict]) -> tuple[list[int], list[float], dict[tuple
 
 
 def length_label(n: int) -> str:
-    """1048576 -> '1M', 131072 -> '128K', 1000 -> '1000'."""
+    """1048576 -> '1M', 131072 -> '128K', 1000 -> '1000', 55632 -> '54K' (K = 1024 throughout, as the
+    lengths are given; a length that is not a whole number of K is rounded)."""
     for unit, size in (("M", 1 << 20), ("K", 1 << 10)):
         if n >= size and n % size == 0:
             return f"{n // size}{unit}"
-    return f"{n / 1000:.0f}K" if n >= 10_000 else str(n)
+    return f"{n / 1024:.0f}K" if n >= 10_000 else str(n)
 
 
 def _font(size: int):
