@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import typer
+from rich.progress import Progress
 
 from lwm_cli.common import console, err_console, handle_errors
+from lwm_cli.train import PROGRESS_COLUMNS, step_reporter
 from lwm_core.errors import LWMError
 
 
@@ -80,15 +82,22 @@ def extend_context(
     def batches_for(stage):
         return DataLoader(data, processor, batch_size=batch_size, seq_length=stage.seq_len, epochs=None, prefetch=2)
 
+    current = {}  # the live stage's on_step
+
     def on_stage(k, stage, model):
         err_console.print(f"stage {k}/{len(stages)}: {stage.seq_len:,} tokens, rope_theta {stage.rope_theta:.3g}")
+        task = bar.add_task(f"stage {k}", total=steps_per_stage, info="compiling")
+        current["on_step"] = step_reporter(bar, task, model.config, rows=batch_size, seq_len=stage.seq_len,
+                                           dtype=None, every=log_every, vision=False)
 
     run_options = {"remat_block": "nothing_saveable", "attention_impl": "ring" if ring else "blockwise"}
     if ring:
         run_options["sequence_layout"] = "zigzag"
-    folders = run(checkpoint, stages, batches_for, out_dir=out, steps_per_stage=steps_per_stage,
-                  train_config=TrainConfig(lr=lr, warmup=warmup, seed=seed, steps=steps_per_stage,
-                                           save_every=save_every, log_every=log_every),
-                  config=config, mesh=device_mesh, on_stage=on_stage, **run_options)
+    with Progress(*PROGRESS_COLUMNS, console=err_console, transient=False) as bar:
+        folders = run(checkpoint, stages, batches_for, out_dir=out, steps_per_stage=steps_per_stage,
+                      train_config=TrainConfig(lr=lr, warmup=warmup, seed=seed, steps=steps_per_stage,
+                                               save_every=save_every, log_every=log_every),
+                      config=config, mesh=device_mesh, on_stage=on_stage,
+                      on_step=lambda step, metrics: current["on_step"](step, metrics), **run_options)
     console.print(f"{len(folders)} stages done; lwm_core.load_model('{out}') gives the last one "
                   f"({stages[-1].seq_len:,} tokens, theta {stages[-1].rope_theta:.3g})")

@@ -15,6 +15,43 @@ PACKINGS = ("masked", "concat", "pad")
 OVERFLOWS = ("split", "truncate", "skip")  # lwm_core.data.packing.OVERFLOWS
 
 
+PROGRESS_COLUMNS = (TextColumn("step {task.completed:.0f}/{task.total:.0f}"), BarColumn(),
+                    TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+
+
+def step_reporter(bar: Progress, task, model_config, *, rows: int, seq_len: int, dtype: str | None, every: int,
+                  vision: bool):
+    """on_step(step, metrics) for `lwm_core.train.train` that keeps `task` of `bar` at the step with
+    loss (stage 2: text and vision loss / accuracy), tokens/s (rows x seq_len per step over the wall
+    time since this call, compilation included), MFU and the learning rate, every min(every, 10) steps."""
+    from lwm_core.train.flops import matmul_flops_per_s, train_flops_per_token
+
+    # MFU: model FLOPs per second over the matmul rate of this process's devices (lwm_core.train.flops)
+    peak = matmul_flops_per_s(dtype or model_config.dtype)
+    flops_per_token = train_flops_per_token(model_config, seq_len)
+    started = time.perf_counter()
+    first_step: list[int] = []  # a resumed run starts past 0: rate over this run's steps only
+    total = bar.tasks[task].total
+
+    def on_step(step: int, metrics: dict) -> None:
+        if not first_step:
+            first_step.append(step - 1)
+        info = bar.tasks[task].fields["info"]
+        if step % max(1, min(every, 10)) == 0 or step == total:
+            m = {k: float(v) for k, v in metrics.items() if k in ("loss", "text_loss", "vision_loss", "lr",
+                                                                 "text_accuracy", "vision_accuracy")}
+            info = f"loss {m.get('loss', float('nan')):.4f}"
+            if vision:
+                info += (f"  text {m.get('text_loss', 0):.3f}/{m.get('text_accuracy', 0):.0%}"
+                         f"  vision {m.get('vision_loss', 0):.3f}/{m.get('vision_accuracy', 0):.0%}")
+            tokens_per_s = (step - first_step[0]) * rows * seq_len / max(time.perf_counter() - started, 1e-9)
+            info += (f"  {tokens_per_s:,.0f} tok/s  MFU {tokens_per_s * flops_per_token / peak:.1%}"
+                     f"  lr {m.get('lr', 0):.2e}")
+        bar.update(task, completed=step, info=info)
+
+    return on_step
+
+
 def _distributed(coordinator, num_processes, process_id) -> tuple[int, int]:
     """Start jax.distributed when asked; returns (this host's index, host count) for data sharding."""
     if coordinator is None:
@@ -102,7 +139,6 @@ def train(
     from lwm_core.text import load_tokenizer
     from lwm_core.train import TrainConfig
     from lwm_core.train import train as run
-    from lwm_core.train.flops import matmul_flops_per_s, train_flops_per_token
     from lwm_core.train.init import initial_model
     from lwm_core.train.plot import loss_curve_png
 
@@ -135,33 +171,10 @@ def train(
         raise LWMError(f"the tokenizer has {tok.vocab_size} pieces but the model only {model.config.vocab_size} "
                        "text ids; pick a matching tokenizer or config")
 
-    # MFU: model FLOPs per second over the matmul rate of the same process's devices (lwm_core.train.flops)
-    peak = matmul_flops_per_s(dtype or model.config.dtype)
-    flops_per_token = train_flops_per_token(model.config, seq_len)
-    columns = (TextColumn("step {task.completed:.0f}/{task.total:.0f}"), BarColumn(),
-               TextColumn("{task.fields[info]}"), TimeRemainingColumn())
     started = time.perf_counter()
-    with Progress(*columns, console=err_console, transient=False) as bar:
-        task = bar.add_task("train", total=steps, info="compiling")
-        first_step: list[int] = []  # a resumed run starts past 0: rate over this run's steps only
-
-        def on_step(step: int, metrics: dict) -> None:
-            if not first_step:
-                first_step.append(step - 1)
-            info = bar.tasks[task].fields["info"]
-            if step % max(1, min(log_every, 10)) == 0 or step == steps:
-                m = {k: float(v) for k, v in metrics.items() if k in ("loss", "text_loss", "vision_loss", "lr",
-                                                                     "text_accuracy", "vision_accuracy")}
-                info = f"loss {m.get('loss', float('nan')):.4f}"
-                if vision:
-                    info += (f"  text {m.get('text_loss', 0):.3f}/{m.get('text_accuracy', 0):.0%}"
-                             f"  vision {m.get('vision_loss', 0):.3f}/{m.get('vision_accuracy', 0):.0%}")
-                done = (step - first_step[0]) * batch_size * seq_len
-                tokens_per_s = done / max(time.perf_counter() - started, 1e-9)
-                info += (f"  {tokens_per_s:,.0f} tok/s  MFU {tokens_per_s * flops_per_token / peak:.1%}"
-                         f"  lr {m.get('lr', 0):.2e}")
-            bar.update(task, completed=step, info=info)
-
+    with Progress(*PROGRESS_COLUMNS, console=err_console, transient=False) as bar:
+        on_step = step_reporter(bar, bar.add_task("train", total=steps, info="compiling"), model.config,
+                                rows=batch_size, seq_len=seq_len, dtype=dtype, every=log_every, vision=vision)
         try:
             run(train_config, model, loader, out_dir=out, mesh=device_mesh, on_step=on_step, resume=resume)
         finally:

@@ -2,6 +2,7 @@
 weights, each stage's checkpoint carrying its own theta and length, and OUT loading as the last stage."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,3 +69,21 @@ def test_cli_plan_prints_stages_and_bad_schedules_exit_2():
     assert bad.exit_code == 2 and "longer than the one before" in bad.output
     no_data = runner.invoke(app, ["extend-context", "random:debug", "--schedule", "8K:1e6"])
     assert no_data.exit_code == 2 and "needs --data" in no_data.output
+
+
+def test_cli_trains_the_stages_with_a_progress_line(tmp_path):
+    config = ModelConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, max_sequence_length=64)
+    (tmp_path / "tiny.json").write_text(config.to_json())
+    (tmp_path / "books.jsonl").write_text("".join(json.dumps({"text": "the cat sat on the mat " * 8}) + "\n"
+                                                  for _ in range(8)))
+    tokenizer = Path(__file__).parent / "data" / "tokenizer" / "tokenizer.model"
+    result = CliRunner().invoke(app, ["extend-context", "random:tiny", "--config", str(tmp_path / "tiny.json"),
+                                      "--schedule", "64:1e5,128:1e6", "--data", str(tmp_path / "books.jsonl"),
+                                      "--tokenizer", str(tokenizer), "--steps-per-stage", "2", "--log-every", "1",
+                                      "--out", str(tmp_path / "long")])
+    assert result.exit_code == 0, result.output
+    assert "stage 2/2: 128 tokens" in result.output
+    assert "step 2/2" in result.output and "tok/s  MFU " in result.output  # the live line of each stage
+    final = load_model(str(tmp_path / "long"))
+    assert (final.config.max_sequence_length, final.config.rope_theta) == (128, 1e6)
