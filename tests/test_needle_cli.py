@@ -95,4 +95,6 @@ def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path):
     _one_line_error(runner.invoke(app, ["needle", "--ctx", "4K", "--out", str(bad), *base]),
                     "is not a needle results file")
     _one_line_error(runner.invoke(app, ["needle", "--plot", str(tmp_path / "none.json")]), "does not exist")
-    _one_line_error(runner.invoke(app, ["needle", "--ctx", "4K", "--video", "v.mp4", *base]), "not built yet")
+    _one_line_error(runner.invoke(app, ["needle", "--video", "v.mp4", *base]), "--video needs --needle-image")
+    _one_line_error(runner.invoke(app, ["needle", "--video", "v.mp4", "--checkpoint", "random:debug"]),
+                    "--video needs --checkpoint (a vision-language model), --tokenizer and --vqgan")
