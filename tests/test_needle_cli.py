@@ -95,6 +95,7 @@ def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path):
     _one_line_error(runner.invoke(app, ["needle", "--ctx", "4K", "--out", str(bad), *base]),
                     "is not a needle results file")
     _one_line_error(runner.invoke(app, ["needle", "--plot", str(tmp_path / "none.json")]), "does not exist")
-    _one_line_error(runner.invoke(app, ["needle", "--video", "v.mp4", *base]), "--video needs --needle-image")
+    _one_line_error(runner.invoke(app, ["needle", "--video", "v.mp4", "--vqgan", "random:tiny", *base]),
+                    "--video needs --needle-image")
     _one_line_error(runner.invoke(app, ["needle", "--video", "v.mp4", "--checkpoint", "random:debug"]),
                     "--video needs --checkpoint (a vision-language model), --tokenizer and --vqgan")
