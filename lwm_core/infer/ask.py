@@ -141,14 +141,14 @@ class Asker:
         """LWM's chat input for `question` about `media`."""
         return chat_input(self.tokenizer, question, media.codes, self.spec, self.frame_layout)
 
-    def plan(self, prompt_lengths: Sequence[int], new_tokens: int) -> ContextPlan:
+    def plan(self, prompt_lengths: Sequence[int], new_tokens: int, what: str = "new tokens") -> ContextPlan:
         """The context of a prefill, refused in one line when it exceeds max_sequence_length or
-        `max_memory`."""
+        `max_memory`. `what` names `new_tokens` in the message."""
         cfg = self.model.config
         longest, limit = max(prompt_lengths), cfg.max_sequence_length
         if longest + new_tokens > limit:
             raise LWMError(f"the input is {longest} tokens (question, {self.spec.tokens_per_frame + 1} vision tokens "
-                           f"per frame) + {new_tokens} new tokens = {longest + new_tokens}, over the model's "
+                           f"per frame) + {new_tokens} {what} = {longest + new_tokens}, over the model's "
                            f"max_sequence_length {limit}; use fewer --max-frames, a shorter question or a smaller "
                            "--max-new-tokens")
         _, chunk, cache = self.sampler.plan(longest, new_tokens)
@@ -163,8 +163,9 @@ class Asker:
     # ---------------------------------------------------------------- answering
     def _decode(self, token, cache, key, *, settings, max_new_tokens, rngs, on_token):
         """The decode loop after a prefill chose `token` [rows]: the text head picks every token,
-        a row stops at eos. Returns (answers: list of id lists without eos, stopped, cache,
-        last token fed or not, decode seconds)."""
+        a row stops at eos. Returns (answers: id lists without eos, stopped: 'eos' / 'length' per
+        row, cache, decode seconds). The last token chosen (eos, or the last answer token at the
+        length cap) is never fed to the cache."""
         rows = int(token.shape[0])
         answers: list[list[int]] = [[] for _ in range(rows)]
         stopped = ["length"] * rows
@@ -232,7 +233,7 @@ class Asker:
         turns = [lwm_chat_followup_ids(self.tokenizer, q) for q in questions[1:]]
         widths = [bucket_length(len(t) + 1, minimum=16) for t in turns]  # + the last answer token, if unfed
         reserve = max_new_tokens * len(questions) + sum(widths)
-        plan = self.plan([len(first.ids)], reserve)
+        plan = self.plan([len(first.ids)], reserve, what=f"tokens for {len(questions)} answers and turns")
         if on_context:
             on_context(plan)
         conversation, vmask = first.ids.tolist(), first.vision_mask.tolist()
