@@ -191,7 +191,8 @@ def ask(
     stream = None if as_json else tok.stream()
 
     def on_token(row: int, token: int) -> None:
-        console.out(stream.push(token), end="", highlight=False)
+        if token < tok.vocab_size:  # a padded model vocabulary: such ids have no text (Asker.text)
+            console.out(stream.push(token), end="", highlight=False)
 
     def show(i: int, answer) -> None:
         nonlocal stream

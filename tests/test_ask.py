@@ -220,3 +220,13 @@ def test_chat_on_a_mesh_gives_the_single_device_answers(model, tok, vq, asker, c
     on_mesh = sharded.chat(sharded.media(clip), questions, max_new_tokens=5)
     assert [a.answer_ids for a in on_mesh] == [a.answer_ids for a in single]
     assert [a.prompt_ids for a in on_mesh] == [a.prompt_ids for a in single]
+
+
+def test_ids_past_the_tokenizers_vocabulary_have_no_text(model, tok, vq, clip):
+    small = copy.copy(tok)
+    small.vocab_size = 300  # the model's 512 text ids are a vocabulary padded past this tokenizer's
+    asker = Asker(model, small, vq)
+    [answer] = asker.ask([("What is it?", asker.media(clip))], max_new_tokens=7)
+    beyond = [i for i in answer.answer_ids if i >= 300]
+    assert beyond, answer.answer_ids  # the case is exercised
+    assert answer.answer == tok.decode([i for i in answer.answer_ids if i < 300])

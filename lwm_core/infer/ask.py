@@ -54,7 +54,7 @@ class Answer:
     question: str
     source: str
     answer: str
-    answer_ids: list[int]  # generated ids, without the eos
+    answer_ids: list[int]  # generated ids, without the eos (ids past the tokenizer's vocabulary kept)
     prompt_ids: list[int]  # the model input without padding (vision ids included)
     vision_mask: np.ndarray  # [len(prompt_ids)] bool
     frames: list[int]  # source frame indices used
@@ -188,11 +188,16 @@ class Asker:
                 break
         return answers, stopped, cache, time.perf_counter() - start
 
+    def text(self, ids: Sequence[int]) -> str:
+        """The answer's text. A model's vocabulary may be padded past the tokenizer's: such ids have no
+        text and are left out (they stay in `answer_ids`)."""
+        return self.tokenizer.decode([i for i in ids if i < self.tokenizer.vocab_size])
+
     def _answers(self, items, prompts, answers, stopped, plan, prefill_s, decode_s) -> list[Answer]:
         out = []
         for (question, media), prompt, ids, stop in zip(items, prompts, answers, stopped, strict=True):
             timings = {"read": media.read_s, "vqgan": media.vqgan_s, "prefill": prefill_s, "decode": decode_s}
-            out.append(Answer(question, media.source, self.tokenizer.decode(ids), ids, prompt.ids.tolist(),
+            out.append(Answer(question, media.source, self.text(ids), ids, prompt.ids.tolist(),
                               prompt.vision_mask, media.frames.tolist(), len(prompt.ids) + plan.new_tokens, stop,
                               timings, media.origin))
         return out
