@@ -78,9 +78,3 @@ def handle_errors(fn):
             fail(str(error))
 
     return wrapper
-
-
-def not_yet(name: str, issue: str) -> None:
-    """For subcommands that a later issue fills in: say so in one line, exit 2."""
-    err_console.print(f"lwm {name}: not implemented yet ({issue}).", highlight=False)
-    raise typer.Exit(EXIT_USAGE)

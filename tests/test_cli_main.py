@@ -1,4 +1,5 @@
-"""The `lwm` command as a whole: every subcommand listed, pending ones say so and exit 2, and
+"""The `lwm` command as a whole: every subcommand listed, the model commands refuse in one line without
+a checkpoint (none ships yet), and
 `lwm info --forward` runs a loaded model or refuses a too-long sequence in one line."""
 
 import json
@@ -12,7 +13,6 @@ from lwm_core.config import ModelConfig
 
 runner = CliRunner()
 MISSION = ("train", "extend-context", "tokenize-video", "ask", "generate", "needle", "info", "convert")
-PENDING = ()  # each name leaves this tuple when its command is real
 
 
 def test_help_lists_every_subcommand():
@@ -22,11 +22,16 @@ def test_help_lists_every_subcommand():
         assert name in result.output, name
 
 
-def test_pending_subcommands_say_so_and_exit_2():
-    for name in PENDING:
-        result = runner.invoke(app, [name])
-        assert result.exit_code == 2, (name, result.output)
-        assert "not implemented yet" in result.output and len(result.output.strip().splitlines()) == 1
+def test_model_commands_without_a_checkpoint_say_so_in_one_line(tmp_path):
+    video = tmp_path / "frame.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(video)
+    for args in (["ask", str(video), "What is this?"], ["generate", "a red square", "--out", str(tmp_path / "x.png")],
+                 ["needle", "--ctx", "4K"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "checkpoint" in result.output and len(result.output.strip().splitlines()) == 1, result.output
 
 
 def test_info_forward_runs_a_checkpoint(tmp_path):
