@@ -54,6 +54,16 @@ def _run(out, process_id: int = 0, processes: int = 1):
     share = ROWS // processes
     batches = _Rows(PatternBatches(batch_size=ROWS, seq_len=32, vocab_size=97), process_id * share, share)
     train(_config(), model, batches, out_dir=out, mesh=mesh)
+    if processes > 1:  # a mesh whose ring spans the processes cannot take per-process rows: refused
+        from lwm_core import LWMError
+        from lwm_core.train.step import place_batch
+
+        try:
+            place_batch(next(batches), make_mesh("1,1,1,8"))
+        except LWMError as exc:
+            assert "does not split the batch rows over the 2 processes" in str(exc), exc
+        else:
+            raise AssertionError("a mesh that does not split the rows over the processes was accepted")
 
 
 def _free_port() -> int:

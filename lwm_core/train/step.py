@@ -86,17 +86,18 @@ def place_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
         raise LWMError(f"sequence length {batch['input_ids'].shape[1]} does not divide by sp={sp}; pad it to a "
                        f"multiple of {sp} (lwm_core.mesh.pad_sequence) and mask the padding")
 
-    def put(x):
-        shape = (x.shape[0] * processes, *x.shape[1:])
-        sharding = NamedSharding(mesh, logical_to_spec(["batch", "seq"], mesh, shape))
-        try:
-            return jax.make_array_from_process_local_data(sharding, x, shape)
-        except ValueError as exc:
-            raise LWMError(f"the mesh {dict(mesh.shape)} does not split the batch rows over the {processes} "
-                           "processes; put the processes on the data axes (dp, fsdp), e.g. --mesh "
-                           f"1,{mesh.size},1,1 ({str(exc).splitlines()[0][:120]})") from None
-
-    return {k: put(v) for k, v in batch.items()}
+    rows, length = batch["input_ids"].shape
+    shape = (rows * processes, length)
+    sharding = NamedSharding(mesh, logical_to_spec(["batch", "seq"], mesh, shape))
+    # this process's devices must hold whole rows, `rows` of them: [start, start + rows) x [0, length)
+    held = sharding.addressable_devices_indices_map(shape).values()
+    span = lambda axis, size: (min(s[axis].start or 0 for s in held), max(s[axis].stop or size for s in held))
+    if span(0, shape[0])[1] - span(0, shape[0])[0] != rows or span(1, length) != (0, length):
+        raise LWMError(f"the mesh {dict(mesh.shape)} does not split the batch rows over the {processes} "
+                       "processes; put the processes on the data axes (dp, fsdp), e.g. --mesh "
+                       f"1,{processes},1,{mesh.size // processes} (FSDP across them, ring inside each)")
+    return {k: jax.make_array_from_process_local_data(sharding, v, (rows * processes, *v.shape[1:]))
+            for k, v in batch.items()}
 
 
 class TrainStep:
