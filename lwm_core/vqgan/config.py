@@ -124,7 +124,7 @@ PRESETS: dict[str, VQGANConfig] = {
     "tiny": VQGANConfig(resolution=64, hidden_channels=16, z_channels=16, num_embeddings=512,
                         quantized_embed_dim=8, norm_num_groups=8),
     # lwm-tiny's tokenizer for the shapes world: four levels, 64x64 frames -> 8x8 = 64 codes from 512.
-    # Trains on a 2-core CPU (~0.6 CPU-seconds a step at batch 16, lwm_core.vqgan.train).
+    # Trains on a 2-core CPU: 0.6-0.75 CPU-seconds a step at batch 16 (lwm_core.vqgan.train).
     "lwm-tiny": VQGANConfig(resolution=64, hidden_channels=16, channel_mult=(1, 2, 2, 4), num_res_blocks=1,
                             z_channels=32, num_embeddings=512, quantized_embed_dim=16, norm_num_groups=8),
 }
