@@ -318,44 +318,38 @@ def bench_attention(args, log):
                 log.append(dict(section="attention-check", seq=seq, impl=label, max_abs_vs_torch=err))
 
 
-def bench_prefill(args, log):
+def model_cases(section, args, log, variants, fmt):
+    """Run `variants` [(name, child kind, case)] at each length; print and log one line each."""
     for length in args.lengths:
-        base = dict(preset=args.preset, length=length, repeats=args.repeats, decode=args.decode)
-        for name, kind, case in [("ours", "jax_prefill", dict(base, chunk=args.chunk, chunks=args.model_chunks)),
-                                 ("transformers", "torch_prefill", base)]:
+        for name, kind, case in variants(dict(preset=args.preset, length=length, repeats=args.repeats)):
             r = run_child(kind, case, args.timeout)
+            head = f"{section} {args.preset} T={length:>7} {name:<13}"
+            row = dict(section=section, preset=args.preset, length=length, impl=name)
             if "error" in r:
-                print(f"prefill {args.preset} T={length:>7} {name:<13} ERROR {r['error']}", flush=True)
-                log.append(dict(section="prefill", preset=args.preset, length=length, impl=name, error=r["error"]))
+                print(f"{head} ERROR {r['error']}", flush=True)
+                log.append(dict(row, error=r["error"]))
                 continue
             s = stats(r["times"])
             peak = f"{r['peak'] / 2**30:6.1f} GiB" if r.get("peak") else "   n/a"
-            print(f"prefill {args.preset} T={length:>7} {name:<13} s min/med/max {s['min']:7.2f} {s['median']:7.2f} "
-                  f"{s['max']:7.2f}  {length / s['median']:9.0f} tok/s  peak {peak}  decode "
-                  f"{r['decode_tok_s']:6.1f} tok/s  (wall {r['wall_s']:.0f} s, {r['device']})", flush=True)
-            log.append(dict(section="prefill", preset=args.preset, length=length, impl=name,
-                            tok_s=length / s["median"], decode_tok_s=r["decode_tok_s"], peak=r.get("peak"),
+            extra = f"  decode {r['decode_tok_s']:6.1f} tok/s" if "decode_tok_s" in r else ""
+            print(f"{head} s min/med/max {s['min']:{fmt}} {s['median']:{fmt}} {s['max']:{fmt}}  "
+                  f"{length / s['median']:9.0f} tok/s  peak {peak}{extra}  (wall {r['wall_s']:.0f} s, "
+                  f"{r['device']})", flush=True)
+            log.append(dict(row, tok_s=length / s["median"], decode_tok_s=r.get("decode_tok_s"), peak=r.get("peak"),
                             first_s=r.get("first_s"), **s))
 
 
+def bench_prefill(args, log):
+    model_cases("prefill", args, log, lambda base: [
+        ("ours", "jax_prefill", dict(base, decode=args.decode, chunk=args.chunk, chunks=args.model_chunks)),
+        ("transformers", "torch_prefill", dict(base, decode=args.decode))], "7.2f")
+
+
 def bench_forward(args, log):
-    for length in args.lengths:
-        base = dict(preset=args.preset, length=length, repeats=args.repeats, chunks=args.model_chunks)
-        for name, kind, case in [("ours", "jax_forward", base),
-                                 ("ours-xla", "jax_forward", dict(base, env={"LWM_FUSED_ATTENTION": "0"})),
-                                 ("transformers", "torch_forward", base)]:
-            r = run_child(kind, case, args.timeout)
-            if "error" in r:
-                print(f"forward {args.preset} T={length:>7} {name:<13} ERROR {r['error']}", flush=True)
-                log.append(dict(section="forward", preset=args.preset, length=length, impl=name, error=r["error"]))
-                continue
-            s = stats(r["times"])
-            peak = f"{r['peak'] / 2**30:6.1f} GiB" if r.get("peak") else "   n/a"
-            print(f"forward {args.preset} T={length:>7} {name:<13} s min/med/max {s['min']:7.3f} {s['median']:7.3f} "
-                  f"{s['max']:7.3f}  {length / s['median']:9.0f} tok/s  peak {peak}  (wall {r['wall_s']:.0f} s, "
-                  f"{r['device']})", flush=True)
-            log.append(dict(section="forward", preset=args.preset, length=length, impl=name,
-                            tok_s=length / s["median"], peak=r.get("peak"), **s))
+    model_cases("forward", args, log, lambda base: [
+        ("ours", "jax_forward", dict(base, chunks=args.model_chunks)),
+        ("ours-xla", "jax_forward", dict(base, chunks=args.model_chunks, env={"LWM_FUSED_ATTENTION": "0"})),
+        ("transformers", "torch_forward", base)], "7.3f")
 
 
 def main():
