@@ -20,7 +20,7 @@ Example: lwm generate "fireworks over a city" --out fire.png --checkpoint params
 
 Example: lwm generate "a dog running on a beach" --frames 8 --out dog.mp4 --n 2 --save-tokens dog.npz ...  (writes dog_0.mp4, dog_1.mp4 and dog_0.npz, dog_1.npz)
 
---save-tokens writes the codes as `lwm tokenize-video` token files (codes \\[frames, h, w]); `lwm tokenize-video --decode dog_0.npz --out again.mp4 --vqgan vqgan.pkl` turns them back into frames. The context (prompt + every frame's codes and end-of-frame id) is stated before sampling and refused when it exceeds the model's max_sequence_length.
+--save-tokens writes the codes as `lwm tokenize-video` token files (codes \\[frames, h, w]); `lwm tokenize-video --decode dog_0.npz --out again.mp4 --vqgan vqgan.pkl` turns them back into frames. The context (prompt + every frame's codes and end-of-frame id) and its estimated memory per device are stated before sampling, and refused when the context exceeds the model's max_sequence_length or the memory --max-memory (e.g. --max-memory 24GiB; guided rows count twice).
 """  # noqa: E501 (typer keeps line breaks, so paragraphs are one line)
 
 
@@ -70,9 +70,13 @@ def generate(
     vqgan_config: str | None = typer.Option(None, "--vqgan-config", help="VQGAN preset or JSON, for weights "
                                             "that carry no config (default LWM's)."),
     mesh: str | None = typer.Option(None, "--mesh", metavar="DP,FSDP,TP,SP", help="Device mesh, e.g. 1,-1,1,1."),
+    max_memory: str | None = typer.Option(None, "--max-memory", help="Refuse a run estimated above this per "
+                                                                    "device (weights, KV cache), e.g. 24GiB."),
 ):
+    from lwm_core.infer.ask import parse_memory
     from lwm_core.infer.generate import (
-        GenerationSettings, generate_vision, output_paths, plan_generation, write_generation,
+        GenerationSettings, format_bytes, generate_vision, output_paths, plan_generation, plan_memory,
+        write_generation,
     )
 
     if not prompt:
@@ -84,6 +88,7 @@ def generate(
     if fps <= 0:
         fail(f"--fps must be positive, got {fps}")
     output_paths(out, settings, save_tokens)  # a bad --out fails here, before anything is loaded
+    budget = parse_memory(max_memory) if max_memory else None
     if not checkpoint:
         fail("--checkpoint is required: there is no default checkpoint yet; pass a vision-language checkpoint "
              "(e.g. params::lwm-chat/params --config 7b-1m)")
@@ -113,6 +118,11 @@ def generate(
                       f"{len(plan.video_prompt_ids or plan.image_prompt_ids)}-token prompt + {frames} frame(s) x "
                       f"{plan.frame_length} ({plan.spec.grid[0]}x{plan.spec.grid[1]} codes + end of frame)"
                       f"{f', {samples} samples' if samples > 1 else ''}", highlight=False, soft_wrap=True)
+    sampler = Sampler(model)
+    memory = plan_memory(plan, sampler, budget)  # over --max-memory: one line, before any prefill
+    of = f" of --max-memory {format_bytes(budget)}" if budget else ""
+    err_console.print(f"memory ~{format_bytes(memory)} per device{of} (weights, KV cache, one prefill chunk)",
+                      highlight=False, soft_wrap=True)
 
     columns = (TextColumn("frames"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeElapsedColumn())
@@ -123,7 +133,7 @@ def generate(
             rate = tokens_done * samples / max(time.perf_counter() - loaded, 1e-9)
             bar.update(task, completed=frames_done, rate=f"{rate:,.1f} tok/s")
 
-        result = generate_vision(plan, Sampler(model), on_progress=on_progress)
+        result = generate_vision(plan, sampler, on_progress=on_progress)
     sampled = time.perf_counter()
     with err_console.status("decoding frames with the VQGAN"):
         files, token_files = write_generation(result, vq, out, tokens_out=save_tokens, fps=fps)
@@ -135,6 +145,7 @@ def generate(
             "video_prompt_ids": None if plan.video_prompt_ids is None else list(plan.video_prompt_ids),
             "uncond_prompt_ids": list(plan.uncond_prompt_ids), "frames": frames, "samples": samples,
             "tokens_per_frame": plan.frame_length, "context_tokens": plan.context_tokens,
+            "memory_per_device": memory,
             "vision_ids": result.vision_ids.tolist(), "files": [str(f) for f in files],
             "token_files": [str(f) for f in token_files], "settings": dataclasses.asdict(settings),
             "timings": {k: round(v, 4) for k, v in timings.items()},

@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lwm_cli.main import app
+from lwm_core import load_model
 from lwm_core.config import ModelConfig
 from lwm_core.text import load_tokenizer
 from lwm_core.token_files import load_tokens
@@ -38,7 +39,7 @@ def _generate(*args):
 
 def test_an_image_its_json_and_its_tokens_through_tokenize_video_decode(model_args, tmp_path):
     r = _generate("a red fox", "--out", tmp_path / "fox.png", "--save-tokens", tmp_path / "fox.npz", "--json",
-                  "--seed", 3, *model_args["vision"])
+                  "--seed", 3, "--max-memory", "1GiB", *model_args["vision"])
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     tok = load_tokenizer(TOKENIZER)
@@ -46,6 +47,11 @@ def test_an_image_its_json_and_its_tokens_through_tokenize_video_decode(model_ar
     assert report["prompt_ids"] == prompt and report["uncond_prompt_ids"] == [1] + tok.encode("<vision>")
     assert report["context_tokens"] == len(prompt) + 17 and report["files"] == [str(tmp_path / "fox.png")]
     assert f"context {len(prompt) + 17} tokens of 256" in r.stderr
+    # weights + k and v [2 layers, 2 rows (cfg 5), 2 heads, 256 slots, 16] + the 24-token prompt chunk's
+    # activations (2 rows x 24 x (6 x 32 + 3 x 40)), all float32
+    weights = sum(v.nbytes for v in load_model("random:debug", CONFIG).params_dict().values())
+    assert report["memory_per_device"] == weights + 2 * (2 * 2 * 2 * 256 * 16) * 4 + 2 * 24 * (6 * 32 + 3 * 40) * 4
+    assert "MiB per device of --max-memory 1.00 GiB" in r.stderr
     ids = np.array(report["vision_ids"][0])
     assert ids.shape == (17,) and ids[16] == 8192 and (ids[:16] < 512).all()
 
@@ -107,6 +113,7 @@ BIG_VQGAN = VQGANConfig.from_name("tiny", num_embeddings=16384).to_json()
     (["a fox", "--out", "{tmp}/x.gif", "--save-tokens", "{tmp}/t.txt", "--model", "vision"], "end in .npz"),
     (["a fox", "--out", "{tmp}/x.png", "--model", "vision", "--read-only"], "cannot write the output in"),
     (["a fox", "--out", "{tmp}/x.png", "--cfg", "-1", "--model", "vision"], "cfg must be >= 0"),
+    (["a fox", "--out", "{tmp}/x.png", "--max-memory", "lots", "--model", "vision"], "cannot read memory size"),
     (["a fox", "--out", "{tmp}/x.png"], "no default checkpoint yet"),
     (["--out", "{tmp}/x.png"], "give a prompt"),
 ])
@@ -122,6 +129,22 @@ def test_bad_input_is_one_line_exit_2_and_no_output(model_args, tmp_path, monkey
     assert r.exit_code == 2, r.output
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], r.output
+    assert "Traceback" not in r.output and list(tmp_path.iterdir()) == []
+
+
+def test_a_memory_budget_too_small_is_refused_before_sampling(model_args, tmp_path, monkeypatch):
+    from lwm_core.infer import Sampler
+
+    def no_prefill(*args, **kwargs):
+        raise AssertionError("sampled despite --max-memory")
+
+    monkeypatch.setattr(Sampler, "prefill", no_prefill)
+    r = _generate("a red fox", "--out", tmp_path / "fox.png", "--save-tokens", tmp_path / "fox.npz",
+                  "--max-memory", "2MiB", *model_args["vision"])
+    assert r.exit_code == 2, r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "over --max-memory 2.0 MiB; use fewer --frames" in errors[0], r.output
+    assert "context " in r.stderr.split("error:")[0]  # the context is stated first
     assert "Traceback" not in r.output and list(tmp_path.iterdir()) == []
 
 

@@ -14,6 +14,7 @@ from lwm_core import LWMError, ModelConfig, load_model
 from lwm_core.infer import ForcedTokens, Sampler
 from lwm_core.infer.generate import (
     CodeSampling, GenerationSettings, call_seed, generate_vision, lwm_uint8, output_paths, plan_generation,
+    plan_memory,
 )
 from lwm_core.model import LWMModel
 from lwm_core.text import load_tokenizer
@@ -174,6 +175,33 @@ def test_bad_plans_are_one_line(tok):
     for bad in (dict(frames=0), dict(samples=0), dict(cfg=-1.0), dict(top_k=0), dict(temperature=-0.5)):
         with pytest.raises(LWMError, match="must be >= "):
             GenerationSettings(**bad)
+
+
+def test_the_memory_estimate_and_a_budget_refused_before_sampling(model, tok):
+    weights = sum(v.nbytes for v in model.params_dict().values())  # the loaded model's own float32 arrays
+
+    def expected(rows, cache, chunk):  # k and v [2 layers, rows, 2 heads, cache, 32] float32 + one chunk's
+        # activations (estimate_memory: rows x chunk x (6 x hidden + 3 x intermediate) float32)
+        return weights + 2 * (2 * rows * 2 * cache * 32) * 4 + rows * chunk * (6 * 64 + 3 * 40) * 4
+
+    # 21-token prompts: frame 1's prompt pads to the bucket 24 (16, 24, 32, ...), the video prompt + frame 1
+    # (38) to 48; each chunk is its bucket, each cache the 256 minimum (24 + 17, 48 + 2 x 17 new tokens)
+    assert len(_prompt(tok, "an image")) == len(_prompt(tok, "a video")) == 21
+    sampler = Sampler(model)
+
+    def memory(**settings):
+        return plan_memory(plan_generation(CONFIG, tok, "a red fox", VQ, GenerationSettings(**settings)), sampler)
+
+    assert memory(samples=2) == expected(4, 256, 24)  # cfg 5: 2 conditional + 2 unconditional rows
+    assert memory(samples=2, cfg=1.0) == expected(2, 256, 24)  # scale 1 runs no unconditional rows
+    assert memory(frames=3, samples=2) == expected(4, 256, 24)  # later frames (cfg 1): 2 rows, frame 1 is the peak
+    guided = plan_generation(CONFIG, tok, "a red fox", VQ, GenerationSettings(frames=3, samples=2, cfg_video=3.0))
+    peak = expected(4, 256, 48)  # later frames guided: 4 rows of the 48-token chunk
+    assert plan_memory(guided, sampler) == peak and plan_memory(guided, sampler, max_memory=peak) == peak
+    with pytest.raises(LWMError, match=r"a context of 72 tokens x 4 rows \(2 sample\(s\), guided rows doubled\) "
+                                       r"needs about .* over --max-memory .*; use fewer --frames"):
+        plan_memory(guided, sampler, max_memory=peak - 1)
+    assert sampler.compilations == 0  # refused from shapes alone: nothing compiled or sampled
 
 
 def test_output_names_and_suffixes(tmp_path, monkeypatch):

@@ -2,7 +2,9 @@
 
     plan = plan_generation(model.config, tokenizer, "fireworks over a city", vqgan.config,
                            GenerationSettings(frames=8))
-    result = generate_vision(plan, Sampler(model))        # result.codes [samples, frames, h, w]
+    sampler = Sampler(model)
+    plan_memory(plan, sampler, max_memory=24 * 2**30)     # estimated bytes per device; refuses over the budget
+    result = generate_vision(plan, sampler)               # result.codes [samples, frames, h, w]
     files, token_files = write_generation(result, vqgan, "fire.mp4", tokens_out="fire.npz")
 
 LWM's recipe (shared/LWM_FACTS.md "Image and video generation"):
@@ -38,6 +40,7 @@ from lwm_core.config import ModelConfig
 from lwm_core.data.vision import VisionSpec
 from lwm_core.errors import LWMError
 from lwm_core.infer import processors as lp
+from lwm_core.infer.ask import estimate_memory
 from lwm_core.infer.sampler import ForcedTokens, Sampler, SamplingSettings
 from lwm_core.text.prompts import lwm_generation_prompt_ids, lwm_unconditional_prompt_ids
 from lwm_core.vision_tokens import EOF_TOKEN, EOV_TOKEN
@@ -165,6 +168,42 @@ def plan_generation(model_config: ModelConfig, tokenizer, prompt: str, vqgan_con
     return GenerationPlan(prompt, settings, spec, image, video, uncond, context)
 
 
+def _calls(plan: GenerationPlan) -> list[tuple[int, int, int]]:
+    """(rows, prompt length, new tokens) of each sampler call: frame 1, then the later frames. A guided
+    call (scale != 1) also runs one unconditional row per sample."""
+    s, step = plan.settings, plan.frame_length
+    calls = [(s.samples * (2 if s.cfg != 1.0 else 1), len(plan.image_prompt_ids), step)]
+    if plan.video_prompt_ids is not None:
+        calls.append((s.samples * (2 if s.cfg_video != 1.0 else 1), len(plan.video_prompt_ids) + step,
+                      (s.frames - 1) * step))
+    return calls
+
+
+def format_bytes(n: int) -> str:
+    """Bytes for a message: GiB from 1 GiB up, else MiB (a tiny test budget is not '0.00 GiB')."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def plan_memory(plan: GenerationPlan, sampler: Sampler, max_memory: int | None = None) -> int:
+    """Estimated peak bytes per device of the plan's sampler calls (`lwm_core.infer.ask.estimate_memory`:
+    weights and KV cache as laid out on the model's mesh, plus one prefill chunk's activations). Each
+    call's cache is dropped before the next, so the peak is the larger call. Raises one LWMError line
+    when it exceeds `max_memory` (or a cache plan does not fit the model), before anything is sampled."""
+    peak, worst = 0, None
+    for rows, prompt, new in _calls(plan):
+        _, chunk, cache = sampler.plan(prompt, new)
+        memory = estimate_memory(sampler.config, rows, cache, chunk, sampler.mesh)
+        if memory > peak:
+            peak, worst = memory, (rows, prompt + new, cache)
+    if max_memory is not None and peak > max_memory:
+        rows, tokens, cache = worst
+        raise LWMError(f"a context of {tokens} tokens x {rows} rows ({plan.settings.samples} sample(s), guided rows "
+                       f"doubled) needs about {format_bytes(peak)} per device (weights, KV cache of {cache} slots, "
+                       f"activations), over --max-memory {format_bytes(max_memory)}; use fewer --frames, a "
+                       "smaller --n or a mesh with more devices")
+    return peak
+
+
 def call_seed(seed: int, call: int) -> int:
     """A seed per sampler call (frame 1, later frames), independent streams for each --seed."""
     return int(np.random.SeedSequence([seed, call]).generate_state(1)[0]) % 2**31
@@ -188,10 +227,8 @@ def generate_vision(plan: GenerationPlan, sampler: Sampler, *,
     called after every generated position (all samples advance together)."""
     s, step = plan.settings, plan.frame_length
     n, frames = s.samples, s.frames
-    # both calls' cache plans are checked before frame 1 is sampled (raises when one does not fit)
-    sampler.plan(len(plan.image_prompt_ids), step)
-    if plan.video_prompt_ids is not None:
-        sampler.plan(len(plan.video_prompt_ids) + step, (frames - 1) * step)
+    for _, prompt, new in _calls(plan):  # both calls' cache plans before frame 1 (raises when one does not fit)
+        sampler.plan(prompt, new)
 
     done = [0]
 
