@@ -114,7 +114,8 @@ def _naive(model, cond, cond_vm, uncond, uncond_vm, new, scale):
 
 
 def test_greedy_guided_video_equals_a_naive_loop_over_full_forward_passes(model, tok):
-    settings = GenerationSettings(frames=2, temperature=0.0, cfg=5.0, cfg_video=3.0)
+    # top-k does not change an argmax (greedy skips it): the naive loop takes the argmax over all codes
+    settings = GenerationSettings(frames=2, temperature=0.0, cfg=5.0, cfg_video=3.0, top_k=3, top_k_video=2)
     plan = plan_generation(CONFIG, tok, "a red fox", VQ, settings)
     result = generate_vision(plan, Sampler(model, chunk_size=32))
     image, video, uncond = _prompt(tok, "an image"), _prompt(tok, "a video"), [1] + tok.encode("<vision>")

@@ -120,6 +120,8 @@ class CodeSampling(SamplingSettings):
         def only_codes(logits):  # [B, V] -> [B, V], -inf beyond the codebook
             return jnp.where(jnp.arange(logits.shape[-1]) < n, logits, -jnp.inf)
 
+        if self.greedy:  # argmax is the same after temperature, top-k or top-p: skip their work
+            return only_codes
         return lp.compose(only_codes, super().processor())
 
 
