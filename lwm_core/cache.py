@@ -15,6 +15,7 @@ Slots are shared by the rows of a batch (one `length`); a row's padding slots ar
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -101,10 +102,17 @@ def init_cache(config: ModelConfig, batch_size: int, length: int, *, mesh=None, 
         if isinstance(mesh, jax.sharding.Mesh):
             kv_sharding, valid_sharding = NamedSharding(mesh, spec), NamedSharding(mesh, valid_sharding)
     # made on their shards: a long cache never exists whole on one device
-    zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=kv_sharding)
-    valid = jax.jit(lambda: jnp.zeros((batch_size, length), bool), out_shardings=valid_sharding)()
+    zeros = _zeros(shape, dtype, kv_sharding, mesh)
+    valid = _zeros((batch_size, length), jnp.dtype(bool), valid_sharding, mesh)()
     return KVCache(k=zeros(), v=zeros(), key_valid=valid, length=jnp.zeros((), jnp.int32),
                    next_position=jnp.zeros((batch_size,), jnp.int32))
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros(shape, dtype, sharding, mesh):
+    """One jitted zeros per shape/sharding (`mesh` keys the cache): a fresh lambda each call recompiled
+    it for every cache, ~40 ms per prefill on CPU."""
+    return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
 
 
 def check_room(cache: KVCache, new_tokens: int) -> None:

@@ -149,6 +149,27 @@ def test_guidance_scale_one_equals_plain_conditional_sampling(model, tok):
     assert not np.array_equal(result.vision_ids[0], result.vision_ids[1])  # samples differ
 
 
+def test_a_second_image_from_the_same_sampler_compiles_nothing(model, tok):
+    # time to first token: a compile per prefill (the KV cache's zeros were one) would dominate it
+    plan = plan_generation(CONFIG, tok, "a red fox", VQ, GenerationSettings(temperature=0.0))
+    sampler = Sampler(model)
+    generate_vision(plan, sampler)  # compiles
+    compiled = []
+
+    def listen(event, seconds, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(seconds)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        generate_vision(plan, sampler)
+        again = len(compiled)
+        generate_vision(plan, Sampler(model, chunk_size=8))  # a new prompt chunk compiles: the listener hears it
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert again == 0 and len(compiled) > 0
+
+
 def test_the_plan_states_lwm_prompts_and_its_context(tok):
     plan = plan_generation(CONFIG, tok, "a red fox", VQ, GenerationSettings(frames=3))
     image, video = _prompt(tok, "an image"), _prompt(tok, "a video")
