@@ -142,6 +142,7 @@ def main() -> None:
         make_video(video, 2 * frames, *size)
         hf = HFStack(model.params_dict(), config, vq_model, vq_config, tmp, args.threads)
         best: dict[str, float] = {}
+        ratios: list[tuple[float, float]] = []  # per timed round: (time to first token, decode) hf / lwm
         for round_ in range(args.repeats + 1):  # round 0 compiles / warms up
             t = time.perf_counter()
             pixels = read_frames(video, frames, vq_config.resolution)
@@ -163,6 +164,9 @@ def main() -> None:
                        "hf decode": hf_decode / max(1, args.new_tokens - 1)}
             if round_:
                 best = {k: min(v, best.get(k, float("inf"))) for k, v in timings.items()}
+                ttft = [timings["read"] + timings[f"{side} vqgan"] + timings[f"{side} prefill"]
+                        for side in ("ours", "hf")]
+                ratios.append((ttft[1] / ttft[0], timings["hf decode"] / timings["ours decode"]))
         same_codes = float((ours_codes == hf_codes).mean())
     n = len(ours.prompt_ids)
     ttft_ours = best["read"] + best["ours vqgan"] + best["ours prefill"]
@@ -178,6 +182,10 @@ def main() -> None:
           f"({ttft_hf / ttft_ours:.2f}x; goal >= 1.5x)")
     print(f"  decode:        lwm {1 / best['ours decode']:.1f} tok/s   transformers {1 / best['hf decode']:.1f} "
           f"tok/s   ({best['hf decode'] / best['ours decode']:.2f}x; goal >= 1.0x)")
+    for name, values in (("time to first token", [r[0] for r in ratios]), ("decode", [r[1] for r in ratios])):
+        values = sorted(values)
+        print(f"  per-round ratio hf/lwm, {name}: min {values[0]:.2f}x  median {values[len(values) // 2]:.2f}x  "
+              f"max {values[-1]:.2f}x  ({len(values)} rounds)")
     agree = hf_tokens[:len(ours_ids)] == ours_ids
     print(f"  same VQGAN codes at {100 * same_codes:.2f}% of positions; greedy tokens "
           f"{'equal' if agree else 'DIFFER'} ({len(ours_ids)} compared; fp32 sums in another order can flip a "
