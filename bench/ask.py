@@ -51,27 +51,34 @@ def read_frames(path: str, max_frames: int, resolution: int) -> np.ndarray:
     return preprocess_frames(load_media(path, max_n_frames=max_frames).frames, resolution)
 
 
+def load_hf_stack(params: dict, config, vqgan_model, vq_config, tmp: str, threads: int):
+    """(torch, diffusers VQModel, transformers LlamaForCausalLM (sdpa, fp32), LWM's vision embedding
+    `vte` [V, d] as a tensor): our VQGAN's and language model's weights, written to `tmp` by our
+    diffusers and Hugging Face writers and read back by those libraries."""
+    import torch
+    from diffusers import VQModel
+    from transformers import LlamaForCausalLM
+
+    from lwm_core.checkpoint.hf import write_hf
+    from lwm_core.vqgan.io import write_vqgan
+    from lwm_core.vqgan.params_lwm import model_to_lwm
+
+    torch.set_num_threads(threads)
+    write_vqgan(model_to_lwm(vqgan_model), vq_config, os.path.join(tmp, "vq"), fmt="diffusers")
+    vq = VQModel.from_pretrained(os.path.join(tmp, "vq")).eval()
+    text = {k: v for k, v in params.items() if "vte" not in k and "vision_head" not in k}
+    write_hf(text, os.path.join(tmp, "hf"), config.replace(vision=False))
+    lm = LlamaForCausalLM.from_pretrained(os.path.join(tmp, "hf"), dtype=torch.float32,
+                                          attn_implementation="sdpa").eval()
+    vte = torch.from_numpy(np.array(params["transformer/vte/embedding"], np.float32))
+    return torch, vq, lm, vte
+
+
 class HFStack:
     """diffusers VQModel + transformers LlamaForCausalLM (sdpa) holding the given weights."""
 
     def __init__(self, params: dict, config, vqgan_model, vq_config, tmp: str, threads: int):
-        import torch
-        from diffusers import VQModel
-        from transformers import LlamaForCausalLM
-
-        from lwm_core.checkpoint.hf import write_hf
-        from lwm_core.vqgan.io import write_vqgan
-        from lwm_core.vqgan.params_lwm import model_to_lwm
-
-        torch.set_num_threads(threads)
-        self.torch = torch
-        write_vqgan(model_to_lwm(vqgan_model), vq_config, os.path.join(tmp, "vq"), fmt="diffusers")
-        self.vq = VQModel.from_pretrained(os.path.join(tmp, "vq")).eval()
-        text = {k: v for k, v in params.items() if "vte" not in k and "vision_head" not in k}
-        write_hf(text, os.path.join(tmp, "hf"), config.replace(vision=False))
-        self.lm = LlamaForCausalLM.from_pretrained(os.path.join(tmp, "hf"), dtype=torch.float32,
-                                                   attn_implementation="sdpa").eval()
-        self.vte = torch.from_numpy(np.array(params["transformer/vte/embedding"], np.float32))
+        self.torch, self.vq, self.lm, self.vte = load_hf_stack(params, config, vqgan_model, vq_config, tmp, threads)
         self.batch = 8
 
     def encode(self, frames: np.ndarray) -> np.ndarray:

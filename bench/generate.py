@@ -35,32 +35,17 @@ import tempfile
 import time
 
 import numpy as np
+from ask import load_hf_stack  # bench/ask.py: the same weights in diffusers + transformers
 
 
 class HFGenerator:
     """transformers LlamaModel (sdpa) + LWM's vision embedding and head in torch, diffusers VQModel."""
 
     def __init__(self, params: dict, config, vqgan_model, vq_config, tmp: str, threads: int):
-        import torch
-        from diffusers import VQModel
-        from transformers import LlamaForCausalLM
-
-        from lwm_core.checkpoint.hf import write_hf
-        from lwm_core.vqgan.io import write_vqgan
-        from lwm_core.vqgan.params_lwm import model_to_lwm
-
-        torch.set_num_threads(threads)
-        self.torch = torch
-        write_vqgan(model_to_lwm(vqgan_model), vq_config, os.path.join(tmp, "vq"), fmt="diffusers")
-        self.vq = VQModel.from_pretrained(os.path.join(tmp, "vq")).eval()
+        self.torch, self.vq, lm, self.vte = load_hf_stack(params, config, vqgan_model, vq_config, tmp, threads)
         self.vq_dim = vq_config.quantized_embed_dim
-        text = {k: v for k, v in params.items() if "vte" not in k and "vision_head" not in k}
-        write_hf(text, os.path.join(tmp, "hf"), config.replace(vision=False))
-        lm = LlamaForCausalLM.from_pretrained(os.path.join(tmp, "hf"), dtype=torch.float32,
-                                              attn_implementation="sdpa").eval()
         self.llama = lm.model  # the text lm_head is not needed: vision codes come from the vision head
-        self.vte = torch.from_numpy(np.array(params["transformer/vte/embedding"], np.float32))  # [V, d]
-        self.head = torch.from_numpy(np.array(params["vision_head/kernel"], np.float32))  # [d, V]
+        self.head = self.torch.from_numpy(np.array(params["vision_head/kernel"], np.float32))  # [d, V]
 
     def _choose(self, hidden, step: int, *, cfg, top_k, temperature, num_codes, period, eof, generator):
         """hidden [rows, d] (the last position) -> the next code, as lwm's CodeSampling + forced eof."""
