@@ -72,34 +72,43 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one(tmp_path):
-    import lwm_core
-
-    # one process x 8 devices (this one: conftest gives it 8)
-    _run(tmp_path / "one")
-    # two processes x 4 devices
+def _run_workers(command_for) -> None:
+    """Start PROCESSES workers (`command_for(process_id, port)` -> argv) with 4 CPU devices each; wait."""
     port = _free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    workers = [subprocess.Popen([sys.executable, __file__, str(i), str(port), str(tmp_path / "two")], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for i in range(PROCESSES)]
+    workers = [subprocess.Popen(command_for(i, port), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for i in range(PROCESSES)]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     for worker, output in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, output[-3000:]
 
-    one, two = ([json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-                for name in ("one", "two"))
+
+def _assert_same_run(one_dir: Path, two_dir: Path) -> list[dict]:
+    """The two runs logged the same steps, losses, norms and tokens, and saved the same weights (1e-5);
+    returns the one-process run's metrics."""
+    import lwm_core
+
+    one, two = ([json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+                for d in (one_dir, two_dir))
     assert [line["step"] for line in two] == list(range(1, STEPS + 1))
     for key in ("loss", "grad_norm", "param_norm", "tokens"):
         np.testing.assert_allclose([line[key] for line in two], [line[key] for line in one], rtol=1e-5, atol=1e-5,
                                    err_msg=key)
-    assert one[-1]["loss"] < one[0]["loss"]  # it trained
-    weights_one = lwm_core.load_model(str(tmp_path / "one")).params_dict()
-    weights_two = lwm_core.load_model(str(tmp_path / "two")).params_dict()
+    weights_one = lwm_core.load_model(str(one_dir)).params_dict()
+    weights_two = lwm_core.load_model(str(two_dir)).params_dict()
     assert weights_two.keys() == weights_one.keys()
     for key, value in weights_one.items():
         np.testing.assert_allclose(weights_two[key], value, rtol=1e-5, atol=1e-5, err_msg=key)
+    return one
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path):
+    # one process x 8 devices (this one: conftest gives it 8), then two processes x 4 devices
+    _run(tmp_path / "one")
+    _run_workers(lambda i, port: [sys.executable, __file__, str(i), str(port), str(tmp_path / "two")])
+    one = _assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert one[-1]["loss"] < one[0]["loss"]  # it trained
 
 
 @pytest.mark.slow
@@ -127,26 +136,10 @@ def test_lwm_train_on_two_processes(tmp_path):
 
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "one")])
     assert result.exit_code == 0, result.output
-    port = _free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     command = [sys.executable, "-c", "from lwm_cli.main import main; main()", *args, "--out", str(tmp_path / "two"),
-               "--coordinator", f"localhost:{port}", "--num-processes", str(PROCESSES)]
-    workers = [subprocess.Popen([*command, "--process-id", str(i)], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True) for i in range(PROCESSES)]
-    outputs = [w.communicate(timeout=300)[0] for w in workers]
-    for worker, output in zip(workers, outputs, strict=True):
-        assert worker.returncode == 0, output[-3000:]
-
-    one, two = ([json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-                for name in ("one", "two"))
-    assert [line["step"] for line in two] == list(range(1, STEPS + 1))
-    for key in ("loss", "grad_norm", "param_norm", "tokens"):
-        np.testing.assert_allclose([line[key] for line in two], [line[key] for line in one], rtol=1e-5, atol=1e-5,
-                                   err_msg=key)
-    weights_one = lwm_core.load_model(str(tmp_path / "one")).params_dict()
-    weights_two = lwm_core.load_model(str(tmp_path / "two")).params_dict()
-    for key, value in weights_one.items():
-        np.testing.assert_allclose(weights_two[key], value, rtol=1e-5, atol=1e-5, err_msg=key)
+               "--num-processes", str(PROCESSES)]
+    _run_workers(lambda i, port: [*command, "--coordinator", f"localhost:{port}", "--process-id", str(i)])
+    _assert_same_run(tmp_path / "one", tmp_path / "two")
 
 
 if __name__ == "__main__":  # a worker: PID PORT OUT
