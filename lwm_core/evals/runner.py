@@ -268,8 +268,7 @@ def run_needle(sampler, tokenizer, haystack: Haystack, settings: NeedleSettings,
             ids = out.tokens[row, :out.lengths[row]]
             if len(ids) and ids[-1] == tokenizer.eos_id:
                 ids = ids[:-1]
-            # a model's vocabulary may be padded past the tokenizer's: such ids have no text
-            text = tokenizer.decode([int(i) for i in ids if i < tokenizer.vocab_size])
+            text = tokenizer.decode_generated(ids)
             new.append(_record(settings, *t, trial, text, timings))
         records += new
         write_results(out_path, records)

@@ -135,8 +135,7 @@ def run_visual(sampler, tokenizer, spec, haystack_codes, needle_codes, settings:
             responses = []
             for row in range(len(batch)):
                 ids = out.tokens[row, :out.lengths[row]]
-                responses.append(tokenizer.decode([int(i) for i in ids if i < tokenizer.vocab_size
-                                                   and i != tokenizer.eos_id]))
+                responses.append(tokenizer.decode_generated(ids))
             correct = [settings.answer.lower() in r.lower() for r in responses]
         else:
             responses = [""] * len(batch)

@@ -191,7 +191,7 @@ class Asker:
     def text(self, ids: Sequence[int]) -> str:
         """The answer's text. A model's vocabulary may be padded past the tokenizer's: such ids have no
         text and are left out (they stay in `answer_ids`)."""
-        return self.tokenizer.decode([i for i in ids if i < self.tokenizer.vocab_size])
+        return self.tokenizer.decode_generated(ids)
 
     def _answers(self, items, prompts, answers, stopped, plan, prefill_s, decode_s) -> list[Answer]:
         out = []

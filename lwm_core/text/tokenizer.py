@@ -22,7 +22,7 @@ import codecs
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -200,6 +200,11 @@ class Tokenizer:
                     s = s[1:]
             out.append(s)
         return b"".join(out).decode("utf-8", _ERRORS)
+
+    def decode_generated(self, ids: Sequence[int]) -> str:
+        """The text of ids a model generated: a model's vocabulary may be padded past the tokenizer's,
+        and such ids have no text (eos and other control pieces are invisible anyway)."""
+        return self.decode([int(i) for i in ids if i < self.vocab_size])
 
     def stream(self) -> StreamDecoder:
         """A fresh incremental decoder; see `StreamDecoder`."""
