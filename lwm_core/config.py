@@ -42,7 +42,8 @@ VISION_ROPE_THETA = 5e7
 # What the model is: stored with a checkpoint (orbax `lwm_config.json`, HF `config.json`).
 ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                        "num_attention_heads", "max_sequence_length", "rms_norm_eps", "initializer_range",
-                       "rope_theta", "bos_token_id", "eos_token_id", "vision", "vision_vocab_size")
+                       "rope_theta", "bos_token_id", "eos_token_id", "vision", "vision_vocab_size",
+                       "vision_codes", "frame_layout")
 # How it is run this time: taken from the caller, never from (or into) a checkpoint.
 RUN_FIELDS = ("dtype", "param_dtype", "attention_impl", "scan_query_chunk_size", "scan_key_chunk_size",
               "scan_mlp_chunk_size", "sequence_layout", "remat_block", "scan_layers")
@@ -78,6 +79,12 @@ class ModelConfig:
     # Vision-language model (LWM's VideoLLaMA): adds `vte` and `vision_head` of vision_vocab_size.
     vision: bool = False
     vision_vocab_size: int = 8448
+    # The VQGAN codebook it reads: ids < vision_codes are codes, vision_codes is end-of-frame and
+    # vision_codes + 1 end-of-vision (LWM: 8192 codes, 8192 / 8193; lwm-tiny: 512, 512 / 513).
+    vision_codes: int = 8192
+    # The frame layout `lwm ask` builds by default: 'chat' (LWM's chat script: every frame ends with
+    # end-of-vision) or 'training' (end-of-frame between frames, what `lwm train --stage 2` trains on).
+    frame_layout: str = "chat"
     # Numerics: `dtype` is the compute dtype, `param_dtype` the storage dtype of the weights.
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -107,9 +114,11 @@ class ModelConfig:
             raise LWMError(f"head dim {self.head_dim} must be even for rotary embeddings")
         if self.scan_mlp_chunk_size < 0:
             raise LWMError("scan_mlp_chunk_size must be >= 0 (0 turns MLP chunking off)")
-        if self.vision and self.vision_vocab_size <= 8193:
-            raise LWMError(f"vision_vocab_size {self.vision_vocab_size} must exceed 8193 "
-                           "(8192 codes plus <eof>/<eov>)")
+        if self.vision_codes < 1 or (self.vision and self.vision_vocab_size < self.vision_codes + 2):
+            raise LWMError(f"vision_vocab_size {self.vision_vocab_size} must hold the {self.vision_codes} codes "
+                           f"plus <eof>/<eov> ({self.vision_codes + 2} ids)")
+        if self.frame_layout not in ("chat", "training"):
+            raise LWMError(f"ModelConfig.frame_layout={self.frame_layout!r} is not 'chat' or 'training'")
         for name, allowed in (("attention_impl", ATTENTION_IMPLS), ("sequence_layout", SEQUENCE_LAYOUTS),
                               ("remat_block", REMAT_POLICIES), ("dtype", DTYPES),
                               ("param_dtype", DTYPES)):

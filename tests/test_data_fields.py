@@ -60,12 +60,14 @@ def test_vision_span_layout_and_masks():
             proc("vision")({"vision": bad})
 
 
-def test_tokens_per_frame_come_from_the_vqgan_config():
+def test_tokens_per_frame_and_end_ids_come_from_the_vqgan_config():
     tiny = VisionSpec.from_vqgan("tiny")
     assert (tiny.tokens_per_frame, tiny.num_codes, tiny.grid) == (16, 512, (4, 4))
-    assert VisionSpec.from_vqgan().tokens_per_frame == 256 and VisionSpec.from_vqgan().num_codes == 8192
+    assert (tiny.eof_id, tiny.eov_id) == (512, 513)  # the ids right after the codes
+    full = VisionSpec.from_vqgan()
+    assert (full.tokens_per_frame, full.num_codes, full.eof_id, full.eov_id) == (256, 8192, 8192, 8193)  # LWM's
     ex = RecordProcessor(FakeTokenizer(), "vision", vision=tiny)({"vision": list(range(32))})
-    assert ex.tokens.tolist() == [1, 10, *range(16), 8192, *range(16, 32), 8193, 11, 2]
+    assert ex.tokens.tolist() == [1, 10, *range(16), 512, *range(16, 32), 513, 11, 2]
 
 
 def write_token_file(path, config: VQGANConfig, n_frames: int):

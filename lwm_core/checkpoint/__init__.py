@@ -129,7 +129,7 @@ def merge_configs(given: ModelConfig | None, found: ModelConfig | None, source: 
     """The config of a checkpoint from what it stores (`found`) and what the caller gives.
 
     - Both: they must agree on every architecture field (`ARCHITECTURE_FIELDS` except
-      `INIT_ONLY_FIELDS` and the fields in `changes`; `vision_vocab_size` only for vision models),
+      `INIT_ONLY_FIELDS` and the fields in `changes`; the vision fields only for vision models),
       else LWMError naming the field and both values. The result is the stored architecture with
       the given config's run options (`RUN_FIELDS`).
     - Only `found`: the stored architecture with default run options.
@@ -144,7 +144,7 @@ def merge_configs(given: ModelConfig | None, found: ModelConfig | None, source: 
     if given is not None:
         skip = set(INIT_ONLY_FIELDS) | set(changes)
         if not (given.vision or found.vision):
-            skip.add("vision_vocab_size")  # no vision embeddings: the size is unused
+            skip.update(("vision_vocab_size", "vision_codes", "frame_layout"))  # no vision: unused
         for name in ARCHITECTURE_FIELDS:
             if name not in skip and not _same(getattr(given, name), getattr(found, name)):
                 raise LWMError(_disagreement(name, getattr(given, name), getattr(found, name), source, label))

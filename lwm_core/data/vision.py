@@ -49,9 +49,12 @@ class VisionSpec:
                            f"(< {self.num_codes})")
 
     @classmethod
-    def from_vqgan(cls, config=None) -> VisionSpec:
+    def from_vqgan(cls, config=None, vision_codes: int | None = None) -> VisionSpec:
         """From a VQGANConfig (or its dict / JSON / preset name; None = LWM's published VQGAN):
-        latent_size^2 codes per frame (16 x 16 = 256 for LWM), num_embeddings codes (8192)."""
+        latent_size^2 codes per frame (16 x 16 = 256 for LWM), num_embeddings codes (8192). The end
+        ids follow the model's codebook slots `vision_codes` (ModelConfig.vision_codes; default the
+        VQGAN's own size): end of frame = vision_codes, end of vision = vision_codes + 1 (LWM: 8192 /
+        8193; lwm-tiny's 512 codes: 512 / 513). A VQGAN with fewer codes than the model's slots fits."""
         from lwm_core.vqgan.config import VQGANConfig
 
         if config is None:
@@ -60,8 +63,12 @@ class VisionSpec:
             config = VQGANConfig.from_dict(config)
         elif isinstance(config, str):
             config = VQGANConfig.from_json(config) if config.lstrip().startswith("{") else VQGANConfig.from_name(config)
-        side = config.latent_size
-        return cls(tokens_per_frame=side * side, num_codes=config.num_embeddings, grid=(side, side))
+        side, codes = config.latent_size, config.num_embeddings
+        slots = codes if vision_codes is None else vision_codes
+        if codes > slots:
+            raise LWMError(f"the VQGAN has {codes} codes but the model has {slots} code slots (its end-of-frame id "
+                           f"is {slots}); use the VQGAN the model was trained with or the matching --vqgan-config")
+        return cls(tokens_per_frame=side * side, num_codes=codes, grid=(side, side), eof_id=slots, eov_id=slots + 1)
 
 
 def is_vision_field(name: str) -> bool:

@@ -111,7 +111,7 @@ class Asker:
     refuse a prefill whose estimated bytes per device exceed it. `chunk_size`: prefill tokens per step.
     """
 
-    def __init__(self, model, tokenizer, vqgan, *, frame_layout: str = "chat", max_frames: int | None = 8,
+    def __init__(self, model, tokenizer, vqgan, *, frame_layout: str | None = None, max_frames: int | None = 8,
                  fps: float | None = None, backend: str = "auto", cache_dir: str | os.PathLike | None = None,
                  chunk_size: int = 2048, max_memory: int | None = None):
         self.spec = vision_spec(model.config, vqgan.config)  # text-only model or mismatched VQGAN: refused here
@@ -119,7 +119,8 @@ class Asker:
             raise LWMError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's text vocabulary only "
                            f"{model.config.vocab_size}; pass the tokenizer the checkpoint was trained with")
         self.model, self.tokenizer, self.vqgan = model, tokenizer, vqgan
-        self.frame_layout, self.max_frames, self.fps, self.backend = frame_layout, max_frames, fps, backend
+        self.frame_layout = frame_layout or model.config.frame_layout  # None: what the model records
+        self.max_frames, self.fps, self.backend = max_frames, fps, backend
         self.cache_dir, self.max_memory = cache_dir, max_memory
         self.sampler = Sampler(model, chunk_size=chunk_size)
         self._media: dict[Path, MediaCodes] = {}

@@ -43,7 +43,7 @@ from lwm_core.infer import processors as lp
 from lwm_core.infer.ask import estimate_memory
 from lwm_core.infer.sampler import ForcedTokens, Sampler, SamplingSettings
 from lwm_core.text.prompts import lwm_generation_prompt_ids, lwm_unconditional_prompt_ids
-from lwm_core.vision_tokens import EOF_TOKEN, EOV_TOKEN
+from lwm_core.infer.vision_prompt import vision_spec
 
 FPS = 4.0  # LWM writes videos at 4 frames per second
 SUFFIXES = (".png", ".gif", ".mp4")
@@ -125,30 +125,12 @@ class CodeSampling(SamplingSettings):
         return lp.compose(only_codes, super().processor())
 
 
-def vision_spec(model_config: ModelConfig, vqgan_config) -> VisionSpec:
-    """The frame layout of `vqgan_config` (a VQGANConfig), checked against the model's vision vocabulary."""
-    if not model_config.vision:
-        raise LWMError("this checkpoint is a text-only model (no vision embeddings or vision head); "
-                       "generating images needs a vision-language checkpoint such as LWM-Chat's")
-    try:
-        spec = VisionSpec.from_vqgan(vqgan_config)
-    except LWMError:
-        raise LWMError(f"the VQGAN has {vqgan_config.num_embeddings} codes but LWM's vision vocabulary keeps "
-                       f"{EOF_TOKEN} and {EOV_TOKEN} for end of frame / end of vision, so it cannot be this "
-                       "model's VQGAN; use the VQGAN the model was trained with (--vqgan, --vqgan-config)") from None
-    if max(spec.num_codes, spec.eov_id + 1) > model_config.vision_vocab_size:
-        raise LWMError(f"the VQGAN's {spec.num_codes} codes and end-of-frame ids {spec.eof_id}/{spec.eov_id} "
-                       f"do not fit the model's vision vocabulary of {model_config.vision_vocab_size}; use the "
-                       "VQGAN the model was trained with (--vqgan, --vqgan-config)")
-    return spec
-
-
 def plan_generation(model_config: ModelConfig, tokenizer, prompt: str, vqgan_config,
                     settings: GenerationSettings = GenerationSettings()) -> GenerationPlan:
     """LWM's prompts for `prompt` and the context they need, checked before anything runs: a text-only
     model, a VQGAN that does not fit the vision vocabulary, a tokenizer larger than the text
     vocabulary, or a context over max_sequence_length is one LWMError line."""
-    spec = vision_spec(model_config, vqgan_config)
+    spec = vision_spec(model_config, vqgan_config, task="generate")
     if not prompt.strip():
         raise LWMError('the prompt is empty; say what to generate, e.g. "fireworks over a city"')
     if tokenizer.vocab_size > model_config.vocab_size:

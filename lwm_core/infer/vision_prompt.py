@@ -32,7 +32,6 @@ from lwm_core.text.prompts import lwm_chat_segments
 from lwm_core.text.tokenizer import Tokenizer
 from lwm_core.token_files import TokenFile, is_done, load_tokens, save_tokens
 from lwm_core.video import IMAGE_SUFFIXES, open_media, preprocess_frames, sample_indices
-from lwm_core.vision_tokens import EOF_TOKEN
 from lwm_core.vqgan.config import VQGANConfig
 
 FRAME_LAYOUTS = ("chat", "training")
@@ -47,20 +46,14 @@ class ChatInput:
     num_frames: int
 
 
-def vision_spec(model_config: ModelConfig, vqgan_config: VQGANConfig) -> VisionSpec:
+def vision_spec(model_config: ModelConfig, vqgan_config: VQGANConfig, task: str = "ask") -> VisionSpec:
     """The frame layout a VQGAN gives this model, or a one-line LWMError when they do not fit: a
-    text-only model, or codes that would collide with the model's eof/eov ids or leave its vocabulary."""
+    text-only model, or a VQGAN with more codes than the model has slots for (`vision_codes`)."""
     if not model_config.vision:
-        raise LWMError("this checkpoint is a text-only model (no vision embeddings or vision head); ask needs "
-                       "a vision-language checkpoint such as LWM-Chat (params with transformer/vte)")
-    codes = vqgan_config.num_embeddings
-    if codes > EOF_TOKEN:
-        raise LWMError(f"the VQGAN has {codes} codes but the model's vision vocabulary "
-                       f"({model_config.vision_vocab_size} ids) holds codes below {EOF_TOKEN} and uses "
-                       f"{EOF_TOKEN}/{EOF_TOKEN + 1} as end of frame/video; use the VQGAN the model was trained "
-                       "with (LWM's: 8192 codes) or the matching --vqgan-config")
-    spec = VisionSpec.from_vqgan(vqgan_config)
-    if spec.eov_id >= model_config.vision_vocab_size:  # ModelConfig already requires > 8193; kept for clarity
+        raise LWMError(f"this checkpoint is a text-only model (no vision embeddings or vision head); {task} "
+                       "needs a vision-language checkpoint such as LWM-Chat (params with transformer/vte)")
+    spec = VisionSpec.from_vqgan(vqgan_config, model_config.vision_codes)  # more codes than slots: refused
+    if spec.eov_id >= model_config.vision_vocab_size:  # ModelConfig already checks this; kept for clarity
         raise LWMError(f"the model's vision vocabulary ({model_config.vision_vocab_size}) has no end-of-video id "
                        f"{spec.eov_id}")
     return spec
