@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from lwm_cli.common import (MaxSequenceLengthOption, RopeThetaOption, config_changes, console, err_console, fail,
-                            handle_errors)
+from lwm_cli.common import (MaxSequenceLengthOption, RopeThetaOption, config_changes, console, default_model,
+                            err_console, fail, handle_errors, parse_vqgan_config)
 from lwm_core.config import RANDOM_PREFIX
 from lwm_core.errors import LWMError
 
@@ -23,7 +23,7 @@ Example: lwm ask clip.mp4 -q "Who is there?" -q "What do they do?" --json ...  (
 
 Example: lwm ask --questions qa.jsonl --out answers.jsonl ...  (each line {"video": ..., "question": ...}; videos relative to the file)
 
---frame-layout chat (default) ends every frame with 8193 as LWM's chat script does; training puts 8192 between frames as in LWM's training data. Greedy by default (--temperature 0).
+--frame-layout chat ends every frame with 8193 as LWM's chat script does (the default for LWM's weights); training puts 8192 between frames as in LWM's training data (the default for models trained with lwm train, which record it in their config). Greedy by default (--temperature 0).
 """  # noqa: E501 (typer keeps line breaks, so paragraphs are one line)
 
 
@@ -63,20 +63,6 @@ def _jsonl_items(path: Path) -> list[tuple[str, Path, dict]]:
     return items
 
 
-def _vqgan_config(text: str | None):
-    if text is None:
-        return None
-    from lwm_core.vqgan import VQGANConfig
-
-    path = Path(text).expanduser()
-    try:
-        if path.is_file():
-            return VQGANConfig.from_json(path.read_text())
-        return VQGANConfig.from_json(text) if text.lstrip().startswith("{") else VQGANConfig.from_name(text)
-    except (ValueError, TypeError) as exc:  # bad JSON or field values
-        raise LWMError(f"--vqgan-config {text!r} is not a VQGANConfig JSON or preset ({exc})") from None
-
-
 def _progress(description: str) -> Progress:
     return Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=err_console, transient=True)
@@ -102,8 +88,9 @@ def ask(
     max_frames: int = typer.Option(8, "--max-frames", help="Frames sampled uniformly (LWM's linspace)."),
     fps: float | None = typer.Option(None, "--fps", help="Sample frames by time at this rate (then at most "
                                                         "--max-frames of them)."),
-    frame_layout: str = typer.Option("chat", "--frame-layout", help="chat (LWM's chat script: every frame ends "
-                                                                    "with 8193) or training (8192 between frames)."),
+    frame_layout: str | None = typer.Option(None, "--frame-layout", help="chat (LWM's chat script: every frame "
+                                            "ends with end-of-vision) or training (end-of-frame between frames); "
+                                            "default: the one the model's config records."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
     top_k: int | None = typer.Option(None, "--top-k"),
     top_p: float | None = typer.Option(None, "--top-p"),
@@ -124,12 +111,10 @@ def ask(
     from lwm_core.infer.ask import Asker, parse_memory
     from lwm_core.infer.vision_prompt import FRAME_LAYOUTS, check_media
 
-    if checkpoint is None:
-        fail("there is no default checkpoint yet: pass --checkpoint with a LWM vision-language checkpoint "
-             "(e.g. --checkpoint params::lwm-chat/params --config 7b-1m)")
+    checkpoint, config, tokenizer, vqgan = default_model(checkpoint, config, tokenizer, vqgan)
     if tokenizer is None or vqgan is None:
         fail("--tokenizer (LLaMA's tokenizer.model) and --vqgan (LWM's vqgan .pkl or a converted one) are required")
-    if frame_layout not in FRAME_LAYOUTS:
+    if frame_layout is not None and frame_layout not in FRAME_LAYOUTS:
         fail(f"--frame-layout must be chat or training, got {frame_layout!r}")
     if temperature < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
         fail("--temperature must be >= 0, --top-k >= 1 and --top-p in (0, 1]")
@@ -161,7 +146,7 @@ def ask(
     from lwm_core.vqgan import load_vqgan
 
     tok = load_tokenizer(tokenizer)
-    vq = load_vqgan(vqgan, _vqgan_config(vqgan_config))
+    vq = load_vqgan(vqgan, parse_vqgan_config(vqgan_config))
     if vqgan.startswith(RANDOM_PREFIX):
         err_console.print(f"[yellow]warning:[/] {vqgan} is an UNTRAINED random VQGAN: answers are meaningless "
                           "outside tests", highlight=False)

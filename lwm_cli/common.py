@@ -78,3 +78,38 @@ def handle_errors(fn):
             fail(str(error))
 
     return wrapper
+
+
+def parse_vqgan_config(text: str | None):
+    """--vqgan-config: a preset name (lwm-tiny), a JSON file, or JSON text; None passes through."""
+    from pathlib import Path
+
+    from lwm_core.vqgan import VQGANConfig
+
+    if text is None:
+        return None
+    path = Path(text).expanduser()
+    try:
+        if text.lstrip().startswith("{"):
+            return VQGANConfig.from_json(text)
+        if path.suffix == ".json" or path.is_file():
+            if not path.is_file():
+                raise LWMError(f"--vqgan-config {path}: no such file")
+            return VQGANConfig.from_json(path.read_text())
+    except (ValueError, TypeError) as exc:  # bad JSON or field values
+        raise LWMError(f"--vqgan-config {text!r} is not a VQGANConfig JSON or preset ({exc})") from None
+    return VQGANConfig.from_name(text)
+
+
+def default_model(checkpoint: str | None, config: str | None, tokenizer: str | None, vqgan: str | None
+                  ) -> tuple[str, str | None, str | None, str | None]:
+    """(checkpoint, config, tokenizer, vqgan): as given, or with no --checkpoint, lwm-tiny's files
+    (the model shipped in the package) wherever the caller gave none."""
+    if checkpoint is not None:
+        return checkpoint, config, tokenizer, vqgan
+    from lwm_core.tiny import tiny_files
+
+    files = tiny_files()
+    err_console.print("[dim]no --checkpoint: using lwm-tiny, the shapes-world model in the package "
+                      "(docs/lwm-tiny.md)[/]", highlight=False)
+    return files.checkpoint, config or files.config, tokenizer or files.tokenizer, vqgan or files.vqgan

@@ -26,6 +26,9 @@ def extend_context(
     config: str | None = typer.Option(None, "--config", help="Preset or ModelConfig JSON, for a checkpoint that "
                                                              "stores none (params::)."),
     field: str = typer.Option("text", "--field", help="The jsonl key holding the text."),
+    fields: str | None = typer.Option(None, "--fields", help="LWM's field syntax instead, e.g. "
+                                                            "'\\[question],answer'. A record's own `fields` key "
+                                                            "(e.g. needle conversations) wins over both."),
     steps_per_stage: int = typer.Option(500, "--steps-per-stage", help="Optimizer steps in every stage."),
     batch_size: int = typer.Option(1, "--batch-size", help="Rows per step."),
     lr: float = typer.Option(4e-5, "--lr", help="Learning rate (the paper's text stages: 4e-5 constant)."),
@@ -77,7 +80,7 @@ def extend_context(
 
     device_mesh = make_mesh(mesh) if mesh else None
     ring = axis_size(device_mesh, seq_axis()) > 1
-    processor = RecordProcessor(load_tokenizer(tokenizer), field, seed=seed)
+    processor = RecordProcessor(load_tokenizer(tokenizer), fields or field, fields_from_example="fields", seed=seed)
 
     def batches_for(stage):
         return DataLoader(data, processor, batch_size=batch_size, seq_length=stage.seq_len, epochs=None, prefetch=2)

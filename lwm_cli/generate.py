@@ -9,10 +9,9 @@ import time
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lwm_cli.common import console, err_console, fail, handle_errors
+from lwm_cli.common import console, default_model, err_console, fail, handle_errors, parse_vqgan_config
 from lwm_cli.convert import SPEC_HELP, progress_bar
 from lwm_core.config import RANDOM_PREFIX
-from lwm_core.errors import LWMError
 
 _HELP = """Generate an image or a video from a text prompt, as LWM does: frame 1 is an image (LWM's image prompt, --cfg and --top-k against the unconditional prompt <s><vision>), later frames follow it in one more call on LWM's video prompt (--cfg-video, --top-k-video), each sampled with every earlier frame in context. The VQGAN turns the codes into pixels.
 
@@ -22,27 +21,6 @@ Example: lwm generate "a dog running on a beach" --frames 8 --out dog.mp4 --n 2 
 
 --save-tokens writes the codes as `lwm tokenize-video` token files (codes \\[frames, h, w]); `lwm tokenize-video --decode dog_0.npz --out again.mp4 --vqgan vqgan.pkl` turns them back into frames. The context (prompt + every frame's codes and end-of-frame id) and its estimated memory per device are stated before sampling, and refused when the context exceeds the model's max_sequence_length or the memory --max-memory (e.g. --max-memory 24GiB; guided rows count twice).
 """  # noqa: E501 (typer keeps line breaks, so paragraphs are one line)
-
-
-def _vqgan_config(text: str | None):
-    """--vqgan-config: a preset name, a JSON file, or JSON text."""
-    from pathlib import Path
-
-    from lwm_core.vqgan import VQGANConfig
-
-    if text is None:
-        return None
-    if text.lstrip().startswith("{"):
-        return VQGANConfig.from_json(text)
-    path = Path(text).expanduser()
-    if path.suffix == ".json" or path.is_file():
-        if not path.is_file():
-            raise LWMError(f"--vqgan-config {path}: no such file")
-        try:
-            return VQGANConfig.from_json(path.read_text())
-        except ValueError as exc:
-            raise LWMError(f"--vqgan-config {path} is not a VQGANConfig JSON file ({exc})") from None
-    return VQGANConfig.from_name(text)
 
 
 @handle_errors
@@ -89,9 +67,7 @@ def generate(
         fail(f"--fps must be positive, got {fps}")
     output_paths(out, settings, save_tokens)  # a bad --out fails here, before anything is loaded
     budget = parse_memory(max_memory) if max_memory else None
-    if not checkpoint:
-        fail("--checkpoint is required: there is no default checkpoint yet; pass a vision-language checkpoint "
-             "(e.g. params::lwm-chat/params --config 7b-1m)")
+    checkpoint, config, tokenizer, vqgan = default_model(checkpoint or None, config, tokenizer, vqgan)
     if not tokenizer:
         fail("--tokenizer is required (LLaMA's tokenizer.model, or a Hugging Face folder holding it)")
     if not vqgan:
@@ -105,7 +81,7 @@ def generate(
 
     started = time.perf_counter()
     tok = load_tokenizer(tokenizer)
-    vq = load_vqgan(vqgan, _vqgan_config(vqgan_config))
+    vq = load_vqgan(vqgan, parse_vqgan_config(vqgan_config))
     for spec, what in ((vqgan, "VQGAN"), (checkpoint, "model")):
         if spec.startswith(RANDOM_PREFIX):
             err_console.print(f"[yellow]warning:[/] {spec} is an UNTRAINED random {what}: its frames are "

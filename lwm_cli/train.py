@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from lwm_cli.common import console, err_console, handle_errors
+from lwm_cli.common import console, err_console, handle_errors, parse_vqgan_config
 from lwm_core.errors import LWMError
 
 PACKINGS = ("masked", "concat", "pad")
@@ -68,11 +68,14 @@ def _distributed(coordinator, num_processes, process_id) -> tuple[int, int]:
 
 @handle_errors
 def train(
-    stage: int = typer.Option(1, "--stage", help="1: text; 2: vision-language (vision fields, token files)."),
+    stage: str = typer.Option("1", "--stage", help="1: text; 2: vision-language (vision fields, token files); "
+                                                   "vqgan: a VQGAN on videos / images; tokenizer: SentencePiece."),
     data: list[str] = typer.Option(..., "--data", help="jsonl / txt files, folders or globs (repeat for more)."),
     out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, metrics.jsonl, loss.png; "
-                                                "`lwm_core.load_model(OUT)` reads its newest weights."),
-    tokenizer: str = typer.Option(..., "--tokenizer", help="SentencePiece tokenizer.model or a HF folder."),
+                                                "`lwm_core.load_model(OUT)` reads its newest weights. "
+                                                "Stage vqgan: the VQGAN file; tokenizer: tokenizer.model."),
+    tokenizer: str | None = typer.Option(None, "--tokenizer", help="SentencePiece tokenizer.model or a HF folder "
+                                                                   "(stages 1 and 2)."),
     config: str | None = typer.Option(None, "--config", help="Model preset (e.g. 200m) or ModelConfig JSON; "
                                                              "needed without --init."),
     init: str | None = typer.Option(None, "--init", help="Start from this checkpoint spec (any format, or "
@@ -80,11 +83,12 @@ def train(
                                                          "checkpoint adds fresh vision embeddings and head."),
     field: str = typer.Option("text", "--field", help="Stage 1: the jsonl key holding the text."),
     fields: str | None = typer.Option(None, "--fields", help="LWM's field syntax, e.g. '\\[question],answer' "
-                                                            "(bracketed fields carry no loss)."),
+                                                            "(bracketed fields carry no loss). A record's own "
+                                                            "`fields` key wins (LWM's per-record fields)."),
     seq_len: int = typer.Option(2048, "--seq-len", help="Tokens per packed row."),
     batch_size: int = typer.Option(8, "--batch-size", help="Rows per optimizer step (all processes together)."),
     steps: int = typer.Option(1000, "--steps", help="Optimizer steps to reach."),
-    lr: float = typer.Option(8e-5, "--lr", help="Peak learning rate."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default 8e-5; stage vqgan 1e-3)."),
     warmup: int = typer.Option(5, "--warmup", help="Linear warmup steps."),
     schedule: str = typer.Option("constant", "--schedule", help="constant or cosine."),
     weight_decay: float = typer.Option(0.1, "--weight-decay", help="AdamW decay (dense kernels only)."),
@@ -108,21 +112,41 @@ def train(
                                     help="Stage 2: chance to swap the order of the vision and text fields."),
     freeze: str = typer.Option("", "--freeze", help="'text': stage 2 trains only the vision embedding and head."),
     vqgan_config: str | None = typer.Option(None, "--vqgan-config", help="Stage 2: VQGAN preset or JSON "
-                                                                        "(codes per frame); default LWM's."),
-    max_frames: int | None = typer.Option(None, "--max-frames", help="Stage 2: keep at most N frames."),
+                                                                        "(codes per frame); default LWM's. "
+                                                                        "Stage vqgan: the architecture."),
+    max_frames: int | None = typer.Option(None, "--max-frames", help="Stage 2 (and vqgan): keep at most N frames "
+                                                                    "per clip."),
+    vocab_size: int = typer.Option(1024, "--vocab-size", help="Stage tokenizer: pieces (bos, eos, unk and 256 "
+                                                              "byte pieces included)."),
     coordinator: str | None = typer.Option(None, "--coordinator", help="HOST:PORT of process 0 (multi-host)."),
     num_processes: int | None = typer.Option(None, "--num-processes"),
     process_id: int | None = typer.Option(None, "--process-id"),
 ):
-    """Train a text model (stage 1) or a vision-language model (stage 2) with masked sequence packing.
+    """Train a text model (stage 1) or a vision-language model (stage 2) with masked sequence packing,
+    or the VQGAN and the SentencePiece tokenizer they read.
 
     Examples:
       lwm train --stage 1 --data books.jsonl --tokenizer tokenizer.model --config 200m --seq-len 8192
                 --batch-size 4 --steps 1000 --out runs/text
       lwm train --stage 2 --data vision.jsonl --tokenizer tokenizer.model --init runs/text --out runs/vision
+      lwm train --stage vqgan --data clips/ --vqgan-config lwm-tiny --steps 2000 --out vqgan.safetensors
+      lwm train --stage tokenizer --data text.jsonl --vocab-size 1024 --out tokenizer.model
     """
-    if stage not in (1, 2):
-        raise LWMError(f"--stage must be 1 (text) or 2 (vision-language), got {stage}")
+    if stage not in ("1", "2", "vqgan", "tokenizer"):
+        raise LWMError(f"--stage must be 1 (text), 2 (vision-language), vqgan or tokenizer, got {stage!r}")
+    if stage == "vqgan":
+        from lwm_cli.train_assets import train_vqgan_stage
+
+        return train_vqgan_stage(data, out, vqgan_config=vqgan_config, init=init, steps=steps,
+                                 batch_size=batch_size, lr=lr, warmup=warmup, seed=seed, log_every=log_every,
+                                 save_every=save_every, max_frames=max_frames)
+    if stage == "tokenizer":
+        from lwm_cli.train_assets import train_tokenizer_stage
+
+        return train_tokenizer_stage(data, out, vocab_size=vocab_size)
+    if tokenizer is None:
+        raise LWMError(f"--stage {stage} needs --tokenizer (a SentencePiece tokenizer.model or a HF folder)")
+    lr = 8e-5 if lr is None else lr
     if packing not in PACKINGS:
         raise LWMError(f"--packing must be one of {', '.join(PACKINGS)}, got {packing!r}")
     if overflow not in OVERFLOWS:
@@ -135,6 +159,7 @@ def train(
                        f"make it a multiple of {hosts}")
 
     from lwm_core.data import DataLoader, RecordProcessor, VisionSpec
+    from lwm_core.data.readers import expand_paths
     from lwm_core.mesh import axis_size, make_mesh, seq_axis
     from lwm_core.text import load_tokenizer
     from lwm_core.train import TrainConfig
@@ -151,14 +176,10 @@ def train(
         raise LWMError(f"--seq-len {seq_len} does not divide by sp={sp} of --mesh {mesh}; pick a multiple of {sp}")
     ring = sp > 1
     tok = load_tokenizer(tokenizer)
-    vision = stage == 2
-    processor = RecordProcessor(tok, fields or (None if vision else field),
-                                fields_from_example="fields" if vision else None,
-                                vision=VisionSpec.from_vqgan(vqgan_config) if vision else None,
-                                max_n_frames=max_frames, swap_prob=swap_prob, seed=seed)
-    # each process packs its own rows from its own lines; the trainer stacks them into the global batch
-    loader = DataLoader(data, processor, batch_size=batch_size // hosts, seq_length=seq_len, packing=packing,
-                        overflow=overflow, shard_index=host, shard_count=hosts, epochs=None, prefetch=2)
+    expand_paths(data)  # missing data files fail here, before the model loads
+    vision = stage == "2"
+    vq_config = parse_vqgan_config(vqgan_config) if vision else None
+    codes = VisionSpec.from_vqgan(vq_config).num_codes if vision else None
     run_options = {"remat_block": remat, "attention_impl": "ring" if ring else "blockwise"}
     if ring:
         run_options["sequence_layout"] = "zigzag"
@@ -166,10 +187,19 @@ def train(
     if source is None and resume and (out / "lwm_config.json").is_file():
         source = str(out)  # the architecture of the run being resumed; its state is restored by the trainer
     with err_console.status("loading the model"):
-        model = initial_model(source, config, vision=vision, mesh=device_mesh, seed=seed, **run_options)
+        model = initial_model(source, config, vision=vision, mesh=device_mesh, seed=seed,
+                              vision_codes=codes, **run_options)
     if model.config.vocab_size < tok.vocab_size:
         raise LWMError(f"the tokenizer has {tok.vocab_size} pieces but the model only {model.config.vocab_size} "
                        "text ids; pick a matching tokenizer or config")
+    # the vision span's end ids are the model's (its code slots), the frame geometry the VQGAN's
+    spec = VisionSpec.from_vqgan(vq_config, model.config.vision_codes) if vision else None
+    processor = RecordProcessor(tok, fields or (None if vision else field),
+                                fields_from_example="fields", vision=spec,
+                                max_n_frames=max_frames, swap_prob=swap_prob, seed=seed)
+    # each process packs its own rows from its own lines; the trainer stacks them into the global batch
+    loader = DataLoader(data, processor, batch_size=batch_size // hosts, seq_length=seq_len, packing=packing,
+                        overflow=overflow, shard_index=host, shard_count=hosts, epochs=None, prefetch=2)
 
     started = time.perf_counter()
     with Progress(*PROGRESS_COLUMNS, console=err_console, transient=False) as bar:

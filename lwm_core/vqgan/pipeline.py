@@ -31,7 +31,7 @@ class FileResult:
     error: str = ""
 
 
-def _expand(inputs: Iterable[str | os.PathLike]) -> list[tuple[pathlib.Path, pathlib.Path]]:
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[pathlib.Path, pathlib.Path]]:
     """(file, output name relative to the output folder, without suffix) for every input."""
     found: list[tuple[pathlib.Path, pathlib.Path]] = []
     for item in inputs:
@@ -62,7 +62,7 @@ def plan_tokenize(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLik
                   ) -> list[tuple[pathlib.Path, pathlib.Path]]:
     """(input file, output .npz) pairs. Folders keep their sub-folder layout; two inputs that would
     share a name (a.mp4 and a.png) keep their suffix in the output name (a.mp4.npz, a.png.npz)."""
-    found = _expand(inputs)
+    found = expand_inputs(inputs)
     counts: dict[pathlib.Path, int] = {}
     for _, rel in found:
         counts[rel] = counts.get(rel, 0) + 1
