@@ -26,6 +26,8 @@ import os
 import pathlib
 from collections.abc import Callable
 
+import numpy as np
+
 from lwm_core.data.shapes import random_scene, scene_seed
 from lwm_core.data.shapes_text import caption, corpus_document, generation_prompt, needle_document, questions
 from lwm_core.errors import LWMError
@@ -60,12 +62,12 @@ def write_shapes_dataset(out_dir: str | os.PathLike, split: str = "train", n: in
     scene_seed(split, seed + n - 1)  # refuses an unknown split or a range past the split's seeds
     out = pathlib.Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    counts = {"clips": 0, "captions": 0, "generation": 0, "qa": 0, "text": 0, "needle": 0}
+    counts = {"clips": 0, "captions": 0, "generation": 0, "qa": 0, "chat": 0, "text": 0, "needle": 0}
     suffix = ".png" if frames == 1 else ".mp4"
     with atomic_path(out, overwrite=overwrite) as tmp:
         (tmp / "clips").mkdir(parents=True)
         files = {name: open(tmp / f"{name}.jsonl", "w", encoding="utf-8")
-                 for name in ("scenes", "captions", "generation", "qa", "text")}
+                 for name in ("scenes", "captions", "generation", "qa", "chat", "text")}
         try:
             for i in range(n):
                 index = seed + i
@@ -89,7 +91,9 @@ def write_shapes_dataset(out_dir: str | os.PathLike, split: str = "train", n: in
             with open(tmp / "needle.jsonl", "w", encoding="utf-8") as f:
                 for k in range(needles):
                     doc = needle_document(scene_seed(split, seed + k), needle_length, 100.0 * k / max(needles - 1, 1))
-                    f.write(json.dumps({"fields": "conversations", "conversations": doc.conversation(),
+                    # the prompt exactly as `lwm needle` encodes it (one piece, ending "ASSISTANT: "), then
+                    # the answer sentence: training sees the evaluation's own token boundaries
+                    f.write(json.dumps({"fields": "[prompt],answer", "prompt": doc.prompt, "answer": doc.answer,
                                         "city": doc.city, "number": doc.number,
                                         "depth_percent": doc.depth_percent}) + "\n")
                     counts["needle"] += 1
@@ -121,3 +125,12 @@ def _records(scene, name: str, split: str, seed: int, suffix: str):
         yield "qa", {"fields": "conversations", "vision": vision, "kind": q.kind,
                      "conversations": [{"from": "human", "value": f"{placeholder}\n{q.question}"},
                                        {"from": "gpt", "value": q.answer}]}
+    # every question of the clip as one conversation, in a seeded order: the clip's tokens are read
+    # once for all its answers (LLaVA's multi-turn records; `lwm ask --chat` asks the same way)
+    order = np.random.default_rng(seed).permutation(len(qas))
+    turns = []
+    for k, i in enumerate(order):
+        turns += [{"from": "human", "value": (f"{placeholder}\n" if k == 0 else "") + qas[i].question},
+                  {"from": "gpt", "value": qas[i].answer}]
+    if turns:
+        yield "chat", {"fields": "conversations", "vision": vision, "conversations": turns}
