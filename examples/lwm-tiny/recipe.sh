@@ -42,6 +42,9 @@ make_data() {
       --overwrite
   $mk "$D/long_short" --split train --seed 6000 --n 10 --frames 1 --text-docs 10 --needles 600 --needle-length 500 \
       --overwrite
+  # many short needle documents: retrieval is learnt from the number of examples more than their length
+  $mk "$D/needles_short" --split train --seed 7000 --n 10 --frames 1 --text-docs 10 --needles 4000 \
+      --needle-length 120 --overwrite
 }
 
 tokenize_all() {
@@ -103,10 +106,11 @@ run_step() {
     videos) step videos stage2 videos 150 1e-3 constant "$RUN/images" \
         "$D/videos/captions.jsonl" "$D/gen_videos/captions.jsonl" "$D/gen_videos/generation.jsonl" \
         "$D/videos/generation.jsonl" "$D/gen_videos/captions.jsonl:vision" ;;
-    chat) step chat stage2 chat 450 1e-3 cosine "$RUN/videos" \
+    chat) step chat stage2 chat 500 1e-3 cosine "$RUN/videos" \
         "$D/videos/chat.jsonl" "$D/images/chat.jsonl" "$D/gen_videos/chat.jsonl" "$D/gen_images/chat.jsonl" \
         "$D/videos/generation.jsonl" "$D/gen_videos/generation.jsonl" "$D/gen_images/generation.jsonl" \
-        "$D/images/generation.jsonl" "$D/long/needle.jsonl" "$D/long_short/needle.jsonl" ;;
+        "$D/images/generation.jsonl" "$D/long/needle.jsonl" "$D/long_short/needle.jsonl" \
+        "$D/needles_short/needle.jsonl" ;;
     # the files the package ships: weights (LWM streaming msgpack), config, tokenizer, VQGAN, haystack
     export) step export export_model ;;
     *) echo "unknown step $1" >&2; exit 2 ;;
