@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lwm_cli.common import (
-    MaxSequenceLengthOption, RopeThetaOption, config_changes, console, err_console, handle_errors,
+    MaxSequenceLengthOption, RopeThetaOption, config_changes, console, default_model, err_console, handle_errors,
 )
 from lwm_core.errors import LWMError
 
@@ -206,8 +206,10 @@ def needle(
     max_sequence_length: MaxSequenceLengthOption = None,
 ):
     """Needle-in-a-haystack retrieval over a context-length x depth grid (LWM's protocol, or RULER's tasks).
+    Without --checkpoint: lwm-tiny up to its trained context (5 lengths x 5 depths, its own haystack).
 
     Examples:
+      lwm needle
       lwm needle --ctx 1M --ctx-min 1000 --n-ctx 20 --n-depth 20 --checkpoint params::lwm-text-1m
                  --config 7b-1m --tokenizer tokenizer.model --haystack pg19.jsonl --mesh 1,1,1,8
       lwm needle --ctx 4K,32K --task multikey_2 --checkpoint hf::LWM-Text-Chat-1M --tokenizer LWM-Text-Chat-1M
@@ -237,11 +239,18 @@ def needle(
                          max_memory=max_memory, batch_size=batch_size, max_new_tokens=max_new_tokens,
                          chunk_size=chunk_size, dtype=dtype, plan_only=plan_only,
                          changes=config_changes(rope_theta, max_sequence_length))
+    if checkpoint is None:  # lwm-tiny: its context, a 5 x 5 grid, a haystack from its own world
+        from lwm_core.config import resolve_config
+        from lwm_core.tiny import tiny_files
+
+        checkpoint, config, tokenizer, _ = default_model(None, config, tokenizer, None)
+        if ctx is None:
+            ctx = str(resolve_config(config).max_sequence_length)
+            ctx_min, n_ctx = ctx_min or "512", n_ctx or 5  # 512: room for the haystack after the 200-token buffer
+        n_depth = n_depth or (None if depths else 5)
+        haystack = haystack or Path(tiny_files().haystack)
     if ctx is None:
         raise LWMError("pass --ctx, the largest context length (e.g. 128K or 1M) or a list '4K,32K'")
-    if checkpoint is None:
-        raise LWMError("no default checkpoint exists yet; pass --checkpoint (params::PATH with --config 7b-1m, "
-                       "an hf:: folder, or random:debug to try the tool)")
     if tokenizer is None:
         raise LWMError("pass --tokenizer (the model's tokenizer.model): lengths and the haystack are measured in it")
     settings = NeedleSettings(lengths=tuple(context_lengths(ctx, ctx_min, n_ctx)),

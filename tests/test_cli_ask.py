@@ -92,10 +92,10 @@ def _library_answer(library, files, question, video="clip.mp4"):
     return library.ask([(question, library.media(files / video))], max_new_tokens=4)[0]
 
 
-def test_without_a_checkpoint_says_there_is_no_default(files):
-    line = _one_error_line(_run(files / "clip.mp4", "What is it?", "--tokenizer", TOKENIZER, "--vqgan",
-                                files / "vq.safetensors"))
-    assert "no default checkpoint" in line and "--checkpoint" in line
+def test_without_a_checkpoint_a_missing_lwm_tiny_is_one_line(files, tmp_path, monkeypatch):
+    monkeypatch.setattr("lwm_core.tiny.TINY_DIR", tmp_path)  # a broken install: the default model's files gone
+    line = _one_error_line(_run(files / "clip.mp4", "What is it?"))
+    assert "lwm-tiny is incomplete" in line and "--checkpoint" in line
 
 
 def test_json_answers_are_the_librarys_and_the_video_is_encoded_once(files, library, monkeypatch):

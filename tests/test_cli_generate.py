@@ -114,7 +114,6 @@ BIG_VQGAN = VQGANConfig.from_name("tiny", num_embeddings=16384).to_json()
     (["a fox", "--out", "{tmp}/x.png", "--model", "vision", "--read-only"], "cannot write the output in"),
     (["a fox", "--out", "{tmp}/x.png", "--cfg", "-1", "--model", "vision"], "cfg must be >= 0"),
     (["a fox", "--out", "{tmp}/x.png", "--max-memory", "lots", "--model", "vision"], "cannot read memory size"),
-    (["a fox", "--out", "{tmp}/x.png"], "no default checkpoint yet"),
     (["--out", "{tmp}/x.png"], "give a prompt"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_output(model_args, tmp_path, monkeypatch, args, message):

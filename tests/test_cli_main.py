@@ -22,7 +22,8 @@ def test_help_lists_every_subcommand():
         assert name in result.output, name
 
 
-def test_model_commands_without_a_checkpoint_say_so_in_one_line(tmp_path):
+def test_model_commands_without_lwm_tiny_say_so_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr("lwm_core.tiny.TINY_DIR", tmp_path / "gone")  # no --checkpoint and no default model
     video = tmp_path / "frame.png"
     from PIL import Image
 
@@ -31,7 +32,8 @@ def test_model_commands_without_a_checkpoint_say_so_in_one_line(tmp_path):
                  ["needle", "--ctx", "4K"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
-        assert "checkpoint" in result.output and len(result.output.strip().splitlines()) == 1, result.output
+        assert "lwm-tiny is incomplete" in result.output and "--checkpoint" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
 
 
 def test_info_forward_runs_a_checkpoint(tmp_path):

@@ -79,9 +79,10 @@ def test_refusals_come_before_any_model_work(tiny, tmp_path, monkeypatch):
     assert not out.exists()
 
 
-def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path):
-    _one_line_error(runner.invoke(app, ["needle", "--ctx", "4K", "--tokenizer", TOKENIZER]),
-                    "no default checkpoint exists yet", "--checkpoint")
+def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr("lwm_core.tiny.TINY_DIR", tmp_path / "gone")  # no --checkpoint and no default model
+        _one_line_error(runner.invoke(app, ["needle", "--ctx", "4K"]), "lwm-tiny is incomplete", "--checkpoint")
     _one_line_error(runner.invoke(app, ["needle", "--ctx", "4K", "--checkpoint", "random:debug"]), "--tokenizer")
     _one_line_error(runner.invoke(app, ["needle", "--checkpoint", "random:debug"]), "pass --ctx")
     base = ["--checkpoint", "random:debug", "--config", str(tiny), "--tokenizer", TOKENIZER]
