@@ -53,13 +53,15 @@ def ask_eval(asker, *, clips: int = 300, seed: int = 0, frames: int = 8, size: i
             for (name, q, _), answer in zip(batch, answers, strict=True):
                 qa = QA(q["kind"], q["question"], q["answer"], tuple(q["accept"]), tuple(q["reject"]))
                 cases.append({"clip": name, "kind": q["kind"], "question": q["question"], "answer": q["answer"],
-                              "reply": answer.answer, "correct": score_reply(answer.answer, qa)})
+                              "reply": answer.answer, "correct": score_reply(answer.answer, qa),
+                              "choices": 1 + len(q["reject"])})  # the answers of its kind: 1/choices is chance
             if on_batch:
                 on_batch(min(start + batch_size, len(items)), len(items))
     kinds = defaultdict(list)
     for c in cases:
         kinds[c["kind"]].append(c["correct"])
     return {"accuracy": _rate([c["correct"] for c in cases]), "questions": len(cases), "clips": clips,
+            "chance": _rate([1 / c["choices"] for c in cases]),  # a guess among each question's answers
             "per_kind": {k: {"accuracy": _rate(v), "questions": len(v)} for k, v in sorted(kinds.items())},
             "cases": cases}
 
