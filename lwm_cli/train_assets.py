@@ -14,6 +14,7 @@ from lwm_core.errors import LWMError
 def train_vqgan_stage(data: list[str], out: Path, *, vqgan_config: str | None, init: str | None, steps: int,
                       batch_size: int, lr: float | None, warmup: int, seed: int, log_every: int,
                       save_every: int, max_frames: int | None) -> None:
+    from lwm_core.vqgan.pipeline import expand_inputs
     from lwm_core.vqgan.train import VQGANTrainConfig, train_vqgan
 
     if out.suffix not in (".safetensors", ".pkl", ".pickle") and out.exists() and not out.is_dir():
@@ -23,6 +24,7 @@ def train_vqgan_stage(data: list[str], out: Path, *, vqgan_config: str | None, i
                        "from scratch, or --init VQGAN to fine-tune one")
     config = VQGANTrainConfig(learning_rate=lr or 1e-3, warmup_steps=warmup, seed=seed)
     preset = parse_vqgan_config(vqgan_config)
+    expand_inputs(data)  # missing inputs fail in one line before any progress bar
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeRemainingColumn(), console=err_console) as bar:
         reading = bar.add_task("reading frames", total=None, info="")
