@@ -82,7 +82,9 @@ def test_token_file_relative_to_the_jsonl(tmp_path):
     write_token_file(tmp_path / "sub" / "tokens" / "clip.npz", tiny, 3)
     data = tmp_path / "sub" / "data.jsonl"
     data.write_text(json.dumps({"caption": "a", "vision": "tokens/clip.npz"}) + "\n")
-    processor = RecordProcessor(FakeTokenizer(), "[caption],vision", vision=VisionSpec.from_vqgan(tiny), max_n_frames=2)
+    # a model with LWM's 8192 code slots reading a 512-code VQGAN: its end ids stay 8192 / 8193
+    spec = VisionSpec.from_vqgan(tiny, vision_codes=8192)
+    processor = RecordProcessor(FakeTokenizer(), "[caption],vision", vision=spec, max_n_frames=2)
     batch = next(DataLoader(data, processor, batch_size=1, seq_length=64))
     ids = batch["input_ids"][0][:batch["attention_mask"][0].sum()].tolist()
     assert ids == [1, 6, 10, *range(16), 8192, *range(32, 48), 8193, 11, 2]  # frames 0 and 2 of 3
