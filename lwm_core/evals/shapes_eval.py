@@ -12,6 +12,7 @@ Prompts and scenes come from seeds, so a run is repeatable and never shares a sc
 from __future__ import annotations
 
 import itertools
+import json
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -40,8 +41,6 @@ def ask_eval(asker, *, clips: int = 300, seed: int = 0, frames: int = 8, size: i
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         out = Path(tmp) / "clips"
         write_shapes_dataset(out, "test", n=clips, seed=seed, size=size, frames=frames)
-        import json
-
         scenes = [json.loads(line) for line in (out / "scenes.jsonl").read_text().splitlines()]
         items = [(s["name"], q, out / s["clip"]) for i, s in enumerate(scenes) for k, q in enumerate(s["questions"])
                  if not one_per_clip or k == i % len(s["questions"])]
