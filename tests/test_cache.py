@@ -119,6 +119,35 @@ def test_blockwise_cache_attention_pads_an_odd_cache_length(monkeypatch):
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("spec", [None, "1,1,1,8"])
+@pytest.mark.parametrize("plain", [False, True])
+def test_stacked_cache_with_a_layer_index_equals_that_layer_alone(spec, plain, monkeypatch):
+    """The decoder passes the cache of every layer and a traced layer index; both kernels read that
+    layer, and a cache length the key chunk does not divide (sp=1: 60 slots, chunks of 16) is read
+    without counting the moved-back last chunk's slots twice."""
+    import lwm_core.attention.decode as decode
+
+    if not plain:
+        monkeypatch.setattr(decode, "_PLAIN_SCORE_BYTES", 0)
+    rng = np.random.default_rng(3)
+    layers, b, h, s, d, new = 3, 2, 4, 64 if spec else 60, 8, 21
+    q = jnp.asarray(rng.standard_normal((b, new, h, d)), jnp.float32)
+    k, v = (jnp.asarray(rng.standard_normal((layers, b, h, s, d)), jnp.float32) for _ in range(2))
+    valid = np.zeros((b, s), bool)
+    valid[:, : 30 + new] = True
+    valid[0, :5] = False
+    q_slots = jnp.asarray(30 + np.arange(new), jnp.int32)
+    mesh = make_mesh(spec) if spec else None
+    chunks = dict(mesh=mesh, query_chunk_size=16, key_chunk_size=16)
+    got = jax.jit(lambda k, v, layer: cache_attention(q, k, v, q_slots, jnp.asarray(valid), layer=layer, **chunks))(
+        k, v, 1)
+    alone = cache_attention(q, k[1], v[1], q_slots, jnp.asarray(valid), **chunks)
+    mask = valid[:, None, :] & (np.arange(s)[None, None, :] <= np.asarray(q_slots)[None, :, None])
+    ref = plain_attention(q, jnp.swapaxes(k[1], 1, 2), jnp.swapaxes(v[1], 1, 2), causal=False, mask=jnp.asarray(mask))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(alone), np.asarray(ref), atol=1e-5, rtol=1e-5)
+
+
 def test_query_with_no_visible_slot_gets_zeros():
     q = jnp.ones((1, 1, 1, 2))
     k = jnp.ones((1, 1, 8, 2))

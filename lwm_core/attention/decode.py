@@ -4,20 +4,19 @@
 hundreds or thousands of prompt tokens): each device attends all the new queries over its own cache
 shard and returns a partial (output, log-sum-exp); the partials are merged with `pmax`/`psum` over
 the sequence axis, so only query-sized values cross devices, never the cache. Short queries use one
-matmul over the shard; long chunks use the blockwise kernel, which skips key chunks past the end of
-the filled cache.
+matmul over the shard; long chunks use a chunked online-softmax kernel that reads key chunks straight
+from the stacked cache and stops at the chunk holding the last query's slot.
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from lwm_core.attention.kernel import TokenInfo, finalize, forward_block, init_carry
+from lwm_core.attention.kernel import finalize
+from lwm_core.cache import layer_view
 from lwm_core.mesh import axis_size, current_mesh, logical_to_spec, seq_axis
 
 # Above this many score bytes per shard ([B, H, T, S] fp32) the blockwise kernel is used.
@@ -36,44 +35,89 @@ def _partial_plain(q, k, v, q_slots, k_slots, valid):
     return finalize((acc, m, p.sum(-1)))
 
 
-def _partial_blockwise(q, k, v, q_slots, k_slots, valid, query_chunk_size, key_chunk_size):
-    """As `_partial_plain`, chunk by chunk: memory [B, H, q_chunk, k_chunk] per step."""
-    t, s = q.shape[2], k.shape[2]
+def _partial_chunked(q, k, v, layer, q_slots, k_slots, valid, query_chunk_size, key_chunk_size):
+    """As `_partial_plain` for a long chunk of queries, reading key chunks straight from the stacked
+    cache k, v [L, B, H, S, D] at `layer` (no copy of the layer's view): memory [B, H, q_chunk,
+    k_chunk] per step.
+
+    The cache slots `k_slots` [S] ascend, so the key chunks a query chunk can see are a prefix: the
+    loop stops after the chunk holding the largest query slot (a data-dependent trip count: this is an
+    inference kernel, it is not differentiated). Masking (causal and `valid`) is applied in every step,
+    fused into the softmax: cheaper than branching on fully visible chunks. A cache length that the
+    key chunk does not divide is read with the last chunk moved back to end at S, its slots already
+    seen masked out (no padded copy of the cache).
+    """
+    _, b, h, s, d = k.shape
+    t = q.shape[2]
     qc = min(query_chunk_size, t)
-    kc = math.gcd(s, key_chunk_size)
-    if kc < min(64, s):  # an odd cache length (e.g. 2049) would make tiny key chunks: pad (masked) instead
-        kc = min(key_chunk_size, s)
-        extra = -s % kc
-        k, v = (jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0))) for x in (k, v))
-        k_slots = jnp.pad(k_slots, (0, extra), constant_values=jnp.iinfo(jnp.int32).max)
-        valid = jnp.pad(valid, ((0, 0), (0, extra)))
+    kc = min(key_chunk_size, s)
+    n_k = -(-s // kc)
     padded = -(-t // qc) * qc
-    if padded != t:
+    q = q * d ** -0.5 if q.dtype == jnp.float32 else q
+    scale = 1.0 if q.dtype == jnp.float32 else d ** -0.5
+    if padded != t:  # padding queries see nothing (slot -1) and do not lengthen the loop
         q = jnp.pad(q, ((0, 0), (0, 0), (0, padded - t), (0, 0)))
-        q_slots = jnp.pad(q_slots, (0, padded - t), constant_values=jnp.iinfo(jnp.int32).max)
-    carry = forward_block(q, k, v, TokenInfo(q_slots), TokenInfo(k_slots, None, valid), init_carry(q),
-                          causal=True, q_chunk=qc, k_chunk=kc)
-    out, lse = finalize(carry)
+        q_slots = jnp.pad(q_slots, (0, padded - t), constant_values=-1)
+    chunk_first = k_slots[jnp.minimum(jnp.arange(n_k) * kc, s - 1)]  # first slot of each key chunk
+
+    def per_query_chunk(args):
+        qb, qs = args  # [B, H, qc, D], [qc]
+        n_needed = jnp.sum(chunk_first <= jnp.max(qs)).astype(jnp.int32)
+
+        def per_key_chunk(j, state):
+            acc, m, denom = state
+            begin = jnp.minimum(j * kc, s - kc)
+            kb = lax.dynamic_slice(k, (layer, 0, 0, begin, 0), (1, b, h, kc, d))[0]  # [B, H, kc, D]
+            vb = lax.dynamic_slice(v, (layer, 0, 0, begin, 0), (1, b, h, kc, d))[0]
+            ks = lax.dynamic_slice_in_dim(k_slots, begin, kc)
+            kv = lax.dynamic_slice_in_dim(valid, begin, kc, axis=1)  # [B, kc]
+            fresh = begin + jnp.arange(kc) >= j * kc  # the moved-back last chunk: skip slots seen
+            allowed = (ks[None, :] <= qs[:, None])[None] & (kv & fresh[None])[:, None, :]  # [B, qc, kc]
+            sc = jnp.einsum("bhqd,bhkd->bhqk", qb, kb, preferred_element_type=jnp.float32)
+            if scale != 1.0:
+                sc = sc * scale
+            sc = jnp.where(allowed[:, None], sc, -jnp.inf)
+            m_new = jnp.maximum(m, sc.max(-1))
+            m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+            p = jnp.exp(sc - m_safe[..., None])  # masked -> 0
+            correction = jnp.exp(m - m_safe)
+            pv = jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), vb, preferred_element_type=jnp.float32)
+            return acc * correction[..., None] + pv, m_new, denom * correction + p.sum(-1)
+
+        state = (jnp.zeros((b, h, qc, d), jnp.float32), jnp.full((b, h, qc), -jnp.inf, jnp.float32),
+                 jnp.zeros((b, h, qc), jnp.float32))
+        return lax.fori_loop(0, n_needed, per_key_chunk, state)
+
+    qs = jnp.moveaxis(q.reshape(b, h, padded // qc, qc, d), 2, 0)
+    carry = lax.map(per_query_chunk, (qs, q_slots.reshape(-1, qc)))
+    out, lse = finalize(tuple(jnp.moveaxis(x, 0, 2).reshape(x.shape[1:3] + (padded,) + x.shape[4:])
+                              for x in carry))
     return out[:, :, :t], lse[:, :, :t]
 
 
-def _partial(q, k, v, q_slots, k_slots, valid, query_chunk_size, key_chunk_size):
+def _partial(q, k, v, layer, q_slots, k_slots, valid, query_chunk_size, key_chunk_size):
+    """q [B, H, T, D] over one layer of the stacked cache k, v [L, B, H, S, D]."""
     b, h, t, _ = q.shape
-    if b * h * t * k.shape[2] * 4 <= _PLAIN_SCORE_BYTES:
-        return _partial_plain(q, k, v, q_slots, k_slots, valid)
-    return _partial_blockwise(q, k, v, q_slots, k_slots, valid, query_chunk_size, key_chunk_size)
+    if b * h * t * k.shape[3] * 4 <= _PLAIN_SCORE_BYTES:
+        return _partial_plain(q, layer_view(k, layer), layer_view(v, layer), q_slots, k_slots, valid)
+    return _partial_chunked(q, k, v, layer, q_slots, k_slots, valid, query_chunk_size, key_chunk_size)
 
 
-def cache_attention(q, k_cache, v_cache, q_slots, key_valid, *, mesh=None, query_chunk_size: int = 512,
-                    key_chunk_size: int = 512):
-    """Causal attention of new queries q [B, T, H, D] over one layer's cache k, v [B, H, S, D]
-    -> [B, T, H, D].
+def cache_attention(q, k_cache, v_cache, q_slots, key_valid, *, layer=None, mesh=None,
+                    query_chunk_size: int = 512, key_chunk_size: int = 512):
+    """Causal attention of new queries q [B, T, H, D] over one layer's cache -> [B, T, H, D].
 
+    The cache is one layer's k, v [B, H, S, D], or with `layer` (an int or traced index) the stacked
+    cache of every layer [L, B, H, S, D]: long query chunks then read their key chunks straight from
+    it, without first copying out the layer (at 32K slots a copy of 128 MiB per layer and chunk).
     `q_slots` [T] int32 are the cache slots of the queries (they attend slots <= their own);
     `key_valid` [B, S] marks the slots that hold real tokens. A query with no visible slot gets zeros.
     With a sequence-axis mesh (argument or `jax.set_mesh`) the cache is sharded over its slots and
     the partial results are merged by log-sum-exp.
     """
+    if layer is None:
+        k_cache, v_cache, layer = k_cache[None], v_cache[None], 0
+    layer = jnp.asarray(layer, jnp.int32)
     q = jnp.swapaxes(q, 1, 2)  # [B, H, T, D]
     q_slots = jnp.asarray(q_slots, jnp.int32)
     key_valid = key_valid.astype(bool)
@@ -82,17 +126,17 @@ def cache_attention(q, k_cache, v_cache, q_slots, key_valid, *, mesh=None, query
     ring = axis_size(mesh, axis)
     chunks = dict(query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
     if ring == 1:
-        k_slots = jnp.arange(k_cache.shape[2], dtype=jnp.int32)
-        out, _ = _partial(q, k_cache, v_cache, q_slots, k_slots, key_valid, **chunks)
+        k_slots = jnp.arange(k_cache.shape[3], dtype=jnp.int32)
+        out, _ = _partial(q, k_cache, v_cache, layer, q_slots, k_slots, key_valid, **chunks)
         return jnp.swapaxes(out, 1, 2).astype(q.dtype)
     batch, heads, _, _ = q.shape
-    local = k_cache.shape[2] // ring
+    local = k_cache.shape[3] // ring
     b_axes = logical_to_spec(["batch"], mesh, [batch])[0]
     h_axes = logical_to_spec(["heads"], mesh, [heads])[0]
 
-    def per_device(q, k, v, q_slots, valid):
+    def per_device(q, k, v, layer, q_slots, valid):
         k_slots = lax.axis_index(axis) * local + jnp.arange(local, dtype=jnp.int32)
-        out, lse = _partial(q, k, v, q_slots, k_slots, valid, **chunks)
+        out, lse = _partial(q, k, v, layer, q_slots, k_slots, valid, **chunks)
         top = lax.pmax(lse, axis)  # [B, H, T]
         top = jnp.where(jnp.isfinite(top), top, 0.0)
         weight = jnp.exp(lse - top)  # 0 for a shard with no visible slot
@@ -101,8 +145,8 @@ def cache_attention(q, k_cache, v_cache, q_slots, key_valid, *, mesh=None, query
         return (out / jnp.where(total > 0, total, 1.0)[..., None]).astype(q.dtype)
 
     q_spec = P(b_axes, h_axes, None, None)
-    cache_spec = P(b_axes, h_axes, axis, None)
+    cache_spec = P(None, b_axes, h_axes, axis, None)
     out = jax.shard_map(per_device, mesh=mesh, out_specs=q_spec, check_vma=False,
-                        in_specs=(q_spec, cache_spec, cache_spec, P(), P(b_axes, axis)))(
-        q, k_cache, v_cache, q_slots, key_valid)
+                        in_specs=(q_spec, cache_spec, cache_spec, P(), P(), P(b_axes, axis)))(
+        q, k_cache, v_cache, layer, q_slots, key_valid)
     return jnp.swapaxes(out, 1, 2)
