@@ -142,6 +142,23 @@ def test_a_needle_like_batch_of_long_prompts_shares_one_compile(model):
     assert sampler.traces == {"prefill": 1, "step": 1}
 
 
+def test_a_long_prompt_is_split_into_even_chunks_not_padded_to_whole_ones():
+    """8,250 tokens in chunks of at most 2,048: five chunks of 1,664 (1,650 rounded up to 64), 70 tokens
+    of left padding instead of 1,990 (whole chunks: 10,240)."""
+    sampler = Sampler(load_model("random:debug", CONFIG.replace(max_sequence_length=16384)), chunk_size=2048)
+    assert sampler.plan(8250, 32)[:2] == (8320, 1664)
+    assert sampler.plan(8192, 32)[:2] == (8192, 2048)
+    assert sampler.plan(2049, 32)[:2] == (2176, 1088)
+
+
+def test_even_chunks_generate_what_full_forward_passes_do(model):
+    sampler = Sampler(model, chunk_size=96)
+    prompt = list(np.random.default_rng(4).integers(3, 97, 100))
+    assert sampler.plan(100, 4)[:2] == (128, 64)  # not 192 in chunks of 96
+    out = sampler.generate([prompt], max_new_tokens=4)
+    assert out.tokens[0].tolist() == _reference(model, prompt, [False] * 100, ["text"] * 4, width=112)
+
+
 def test_top_k_stays_in_the_top_k_and_top_p_in_the_nucleus():
     logits = jnp.asarray(np.random.default_rng(7).standard_normal((4, 50)).astype(np.float32))
     top3 = np.argsort(-np.asarray(logits), axis=-1)[:, :3]

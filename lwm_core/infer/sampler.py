@@ -191,7 +191,14 @@ class Sampler:
             padded = min(bucket_length(prompt_length, minimum=self.prompt_bucket_min), self.chunk_size)
             chunk = padded
         else:
-            padded, chunk = -(-prompt_length // self.chunk_size) * self.chunk_size, self.chunk_size
+            # n chunks as few as chunk_size allows, each as short as the prompt allows, rounded up to 64
+            # tokens (or sp): an 8.2K-token prompt in chunks of 2048 is padded to 8.25K, not 10K (left
+            # padding costs the full price of real tokens); prompts of nearly one length share a shape
+            n = -(-prompt_length // self.chunk_size)
+            step = math.lcm(64, sp)
+            per_chunk = -(-prompt_length // n)
+            chunk = min(self.chunk_size, -(-per_chunk // step) * step)
+            padded = n * chunk
         limit = self.config.max_sequence_length
         if padded + max_new_tokens > limit >= prompt_length + max_new_tokens:
             # whole chunks would pass the model's limit (a 1M-token prompt on a 1M model): pad to a
