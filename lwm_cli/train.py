@@ -189,6 +189,9 @@ def train(
     with err_console.status("loading the model"):
         model = initial_model(source, config, vision=vision, mesh=device_mesh, seed=seed,
                               vision_codes=codes, **run_options)
+    if seq_len > model.config.max_sequence_length:  # before anything is written into --out
+        raise LWMError(f"--seq-len {seq_len} would exceed max_sequence_length {model.config.max_sequence_length} "
+                       "of the model; pick a shorter --seq-len, or lengthen the model with `lwm extend-context`")
     if model.config.vocab_size < tok.vocab_size:
         raise LWMError(f"the tokenizer has {tok.vocab_size} pieces but the model only {model.config.vocab_size} "
                        "text ids; pick a matching tokenizer or config")

@@ -82,6 +82,7 @@ def test_bad_options_are_one_line_and_exit_2(workdir, args, message):
     result = _train(workdir, "--data", str(workdir / "books.jsonl"), "--out", str(workdir / "bad"), *args)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+    assert not (workdir / "bad" / "lwm_config.json").exists()  # refused before anything is written
 
 
 def test_malformed_lines_are_counted_reported_and_skipped(workdir, tmp_path):
