@@ -42,6 +42,18 @@ def test_orbax_round_trip_keeps_config(tmp_path, dtype, vision):
     assert {k: v.shape for k, v in info.params.items()} == {k: v.shape for k, v in params.items()}
 
 
+def test_a_params_item_without_its_own_metadata_loads_without_orbax_warning(tmp_path, caplog):
+    """A training run's params/ is one item of an orbax CheckpointManager step: its metadata file is a
+    level up. Loading it must not print orbax's "Metadata file does not exist" (it did, every load)."""
+    params = random_params(CONFIG)
+    save_params(params, f"orbax::{tmp_path / 'ck'}", config=CONFIG)
+    (tmp_path / "ck" / "params" / "_CHECKPOINT_METADATA").unlink()  # as in a run folder's step item
+    with caplog.at_level("WARNING"):
+        ckpt = load_params(tmp_path / "ck")
+    np.testing.assert_array_equal(ckpt.params["transformer/wte/embedding"], params["transformer/wte/embedding"])
+    assert not [r for r in caplog.records if "Metadata file does not exist" in r.getMessage()]
+
+
 def test_orbax_errors(tmp_path):
     with pytest.raises(LWMError, match="does not exist"):
         load_params(f"orbax::{tmp_path / 'nope'}")

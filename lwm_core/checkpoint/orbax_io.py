@@ -11,7 +11,9 @@ read, so the config read back always has default run options.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -24,6 +26,24 @@ from lwm_core.errors import LWMError
 
 CONFIG_FILE = "lwm_config.json"
 PARAMS_DIR = "params"
+
+
+class _NoStepMetadataWarning(logging.Filter):
+    """Drops orbax's "Metadata file does not exist" warning. A training run's `params/` is one item of a
+    CheckpointManager step, whose metadata file sits one level up: reading the item alone is fine."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Metadata file does not exist")
+
+
+@contextlib.contextmanager
+def _quiet_item_metadata():
+    logger, quiet = logging.getLogger("absl"), _NoStepMetadataWarning()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def write_orbax(params: dict[str, np.ndarray], path: str | os.PathLike, config: ModelConfig, *,
@@ -70,7 +90,7 @@ def read_orbax(path: str | os.PathLike, *, dtype: str | None = None, shapes_only
     params_dir = (folder / PARAMS_DIR).absolute()
     if not params_dir.is_dir():
         raise LWMError(f"{folder} has no {PARAMS_DIR}/ folder; the checkpoint is incomplete")
-    with ocp.PyTreeCheckpointer() as checkpointer:
+    with ocp.PyTreeCheckpointer() as checkpointer, _quiet_item_metadata():
         try:
             metadata = checkpointer.metadata(params_dir).item_metadata.tree
             infos = {k: ArrayInfo(tuple(m.shape), np.dtype(m.dtype).name)
