@@ -49,10 +49,11 @@ def _partial_chunked(q, k, v, layer, q_slots, k_slots, valid, query_chunk_size, 
     """
     _, b, h, s, d = k.shape
     t = q.shape[2]
-    qc = min(query_chunk_size, t)
+    n_q = -(-t // query_chunk_size)
+    qc = -(-t // n_q)  # even query chunks: 1,664 queries go as 4 x 416, not padded to 4 x 512
     kc = min(key_chunk_size, s)
     n_k = -(-s // kc)
-    padded = -(-t // qc) * qc
+    padded = n_q * qc
     q = q * d ** -0.5 if q.dtype == jnp.float32 else q
     scale = 1.0 if q.dtype == jnp.float32 else d ** -0.5
     if padded != t:  # padding queries see nothing (slot -1) and do not lengthen the loop
