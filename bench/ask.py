@@ -31,6 +31,14 @@ import time
 import numpy as np
 
 
+def print_round_ratios(named: dict[str, list[float]]) -> None:
+    """One line per measure: min / median / max of its per-round ratios hf / lwm."""
+    for name, values in named.items():
+        values = sorted(values)
+        print(f"  per-round ratio hf/lwm, {name}: min {values[0]:.2f}x  median {values[len(values) // 2]:.2f}x  "
+              f"max {values[-1]:.2f}x  ({len(values)} rounds)")
+
+
 def make_video(path: str, frames: int, w: int, h: int, fps: int = 8) -> None:
     import cv2
 
@@ -189,10 +197,7 @@ def main() -> None:
           f"({ttft_hf / ttft_ours:.2f}x; goal >= 1.5x)")
     print(f"  decode:        lwm {1 / best['ours decode']:.1f} tok/s   transformers {1 / best['hf decode']:.1f} "
           f"tok/s   ({best['hf decode'] / best['ours decode']:.2f}x; goal >= 1.0x)")
-    for name, values in (("time to first token", [r[0] for r in ratios]), ("decode", [r[1] for r in ratios])):
-        values = sorted(values)
-        print(f"  per-round ratio hf/lwm, {name}: min {values[0]:.2f}x  median {values[len(values) // 2]:.2f}x  "
-              f"max {values[-1]:.2f}x  ({len(values)} rounds)")
+    print_round_ratios({"time to first token": [r[0] for r in ratios], "decode": [r[1] for r in ratios]})
     agree = hf_tokens[:len(ours_ids)] == ours_ids
     print(f"  same VQGAN codes at {100 * same_codes:.2f}% of positions; greedy tokens "
           f"{'equal' if agree else 'DIFFER'} ({len(ours_ids)} compared; fp32 sums in another order can flip a "

@@ -19,7 +19,8 @@ Both sides start from the same ids (`plan_generation`: LWM's image prompt and it
   diffusers writer) of the same codes.
 Time to first token = prefill + the first code chosen; decode tokens/s over the other positions (the
 forced end of frame included). Rounds alternate the two sides (so a busy spell hits both); figures are
-the best round after a warm-up round (compilation). With --temperature 0 both sides are greedy and the
+the best round after a warm-up round (compilation), then each ratio's min / median / max over the
+rounds. With --temperature 0 both sides are greedy and the
 script says whether they chose the same codes. Run it on a quiet machine: the load average is printed
 before and after, and torch's OpenMP threads lose far more than XLA's when cores are shared
 (docs/attention.md).
@@ -35,7 +36,7 @@ import tempfile
 import time
 
 import numpy as np
-from ask import load_hf_stack  # bench/ask.py: the same weights in diffusers + transformers
+from ask import load_hf_stack, print_round_ratios  # bench/ask.py: the same weights in diffusers + transformers
 
 
 class HFGenerator:
@@ -147,6 +148,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hf = HFGenerator(model.params_dict(), config, vq_model, vq_config, tmp, args.threads)
     best: dict[str, float] = {}
+    ratios: dict[str, list[float]] = {"time to first token": [], "decode": [], "VQGAN decode": []}  # hf / lwm
     stamps: list[float] = []  # when each generated position was chosen (generate_vision's on_progress)
     for round_ in range(args.repeats + 1):  # round 0 compiles / warms up
         stamps.clear()
@@ -166,6 +168,8 @@ def main() -> None:
                    "hf vqgan": hf_vq}
         if round_:
             best = {k: min(v, best.get(k, float("inf"))) for k, v in timings.items()}
+            for name, kind in (("time to first token", "first"), ("decode", "decode"), ("VQGAN decode", "vqgan")):
+                ratios[name].append(timings[f"hf {kind}"] / timings[f"ours {kind}"])
     load_after = os.getloadavg()
 
     b = best
@@ -183,6 +187,7 @@ def main() -> None:
     print(f"  VQGAN decode:  lwm {b['ours vqgan']:.3f} s   diffusers {b['hf vqgan']:.3f} s   "
           f"({b['hf vqgan'] / b['ours vqgan']:.2f}x); same codes, frames max |diff| "
           f"{np.abs(ours_frame - hf_frame).max():.1e}")
+    print_round_ratios(ratios)
     ours_ids = result.vision_ids[0].tolist()
     if args.temperature == 0:
         same = sum(a == b_ for a, b_ in zip(ours_ids, hf_tokens, strict=True))
