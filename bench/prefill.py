@@ -421,7 +421,7 @@ def run_breakdown(case: dict) -> dict:
 
     from lwm_core import KVCache
     from lwm_core.attention import cache_attention
-    from lwm_core.cache import layer_view, write_layer
+    from lwm_core.cache import write_layer
     from lwm_core.layers import rope_angles
 
     model = load_lwm(case, jax, attention_impl="blockwise")
@@ -466,8 +466,8 @@ def run_breakdown(case: dict) -> dict:
         timed("norm+qkv+rope", lambda x: att.project(layer.attention_norm(x, cfg.dtype), cos, sin), x),
         timed("cache write k+v", lambda c, k, v: write_layer(write_layer(c, k, 3, start_slot), v, 4, start_slot),
               k_all, k, v, donate=(0,), feed=lambda args, out: (out, *args[1:])),
-        timed("cache attention", lambda q, kc, vc: cache_attention(q, layer_view(kc, 3), layer_view(vc, 3), q_slots,
-                                                                   valid, query_chunk_size=cfg.scan_query_chunk_size,
+        timed("cache attention", lambda q, kc, vc: cache_attention(q, kc, vc, q_slots, valid, layer=3,
+                                                                   query_chunk_size=cfg.scan_query_chunk_size,
                                                                    key_chunk_size=cfg.scan_key_chunk_size),
               q, k_all, v_all),
         timed("wo", lambda o: att.output(o), q),

@@ -19,7 +19,7 @@ from lwm_core.attention.kernel import finalize
 from lwm_core.cache import layer_view
 from lwm_core.mesh import axis_size, current_mesh, logical_to_spec, seq_axis
 
-# Above this many score bytes per shard ([B, H, T, S] fp32) the blockwise kernel is used.
+# Above this many score bytes per shard ([B, H, T, S] fp32) the chunked kernel is used.
 _PLAIN_SCORE_BYTES = 1 << 25
 
 

@@ -201,7 +201,7 @@ class Sampler:
             padded = n * chunk
         limit = self.config.max_sequence_length
         if padded + max_new_tokens > limit >= prompt_length + max_new_tokens:
-            # whole chunks would pass the model's limit (a 1M-token prompt on a 1M model): pad to a
+            # the chunks would pass the model's limit (a 1M-token prompt on a 1M model): pad to a
             # multiple of 64 (or of sp) instead; the last chunk is shorter, one more compile
             for step in (math.lcm(64, sp), sp):
                 padded = -(-prompt_length // step) * step
