@@ -7,6 +7,7 @@ Run on a machine with one NVIDIA GPU, JAX with CUDA and torch (+ transformers) w
     python bench/gpu.py attention --backward --seqs 32768 # forward + backward
     python bench/gpu.py forward --preset 7b --lengths 32768   # whole-sequence forward (no cache)
     python bench/gpu.py prefill --preset 7b --lengths 32768,65536
+    python bench/gpu.py check                          # cuDNN cache hand-off vs our kernel, 200m at 8K
     python bench/gpu.py all --smoke                    # tiny sizes: checks the script on a CPU
 
 Every case runs in a fresh subprocess (JAX and torch each own the GPU's memory while they run).
@@ -15,7 +16,10 @@ Attention: our blockwise kernel (`lwm_core.attention.blockwise_attention`, the o
 `scaled_dot_product_attention` (flash), same bf16 inputs; outputs checked against each other at the
 first length. Prefill: `load_model("random:PRESET", dtype=bf16)` through the Sampler's chunked cache vs
 transformers LlamaForCausalLM (sdpa, bf16, random weights of the same shapes: speed only), then decode
-steps over the filled cache. Times are min / median / max of `--repeats` runs after a warm-up.
+steps over the filled cache; "ours-xla" is the same with the cuDNN hand-offs off (our XLA kernel
+for the chunks against the cache), up to `--xla-prefill-max` tokens. Check: one process, a bf16 model's
+last-position logits after a chunked prefill with the cache hand-off, without it, and from the
+whole-sequence forward. Times are min / median / max of `--repeats` runs after a warm-up.
 """
 
 from __future__ import annotations
@@ -258,7 +262,36 @@ def child_torch_prefill(case):
     return dict(times=times, decode_tok_s=(new - 1) / decode_s, peak=peak, device=dev)
 
 
-CHILDREN = dict(jax_attention=child_jax_attention, torch_attention=child_torch_attention,
+def child_jax_check(case):
+    """Last-position logits of one prompt three ways, in one process: chunked prefill with the cuDNN
+    cache hand-off, the same with it off (our kernel), and the whole-sequence forward."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    sys.path.insert(0, ROOT)
+    from lwm_core import load_model
+    from lwm_core.attention import fused
+
+    length = case["length"]
+    model = load_model(f"random:{case['preset']}", max_sequence_length=length + 512, dtype="bfloat16",
+                       param_dtype="bfloat16", attention_impl="blockwise")
+    ids = jnp.asarray(np.random.default_rng(0).integers(3, 32000, (1, length)).astype(np.int32))
+    out = {}
+    for name, env in (("handoff", "1"), ("ours", "0")):
+        os.environ[fused.ENV] = env
+        jax.clear_caches()
+        logits = model.prefill(ids, model.init_cache(1, length + 512), chunk_size=case["chunk"], last_only=True)[0]
+        out[name] = np.asarray(logits[0, -1], np.float32)
+    os.environ[fused.ENV] = "1"
+    out["forward"] = np.asarray(model(ids)[0][0, -1], np.float32)
+    ref = out["forward"]
+    return dict({f"{k}_max_abs_vs_forward": float(np.abs(v - ref).max()) for k, v in out.items()},
+                argmax_agree=bool(len({int(v.argmax()) for v in out.values()}) == 1),
+                logit_scale=float(np.abs(ref).max()), device=str(jax.devices()[0]))
+
+
+CHILDREN = dict(jax_check=child_jax_check, jax_attention=child_jax_attention, torch_attention=child_torch_attention,
                 jax_forward=child_jax_forward, torch_forward=child_torch_forward,
                 jax_prefill=child_jax_prefill, torch_prefill=child_torch_prefill)
 
@@ -337,12 +370,25 @@ def model_cases(section, args, log, variants, fmt):
                   f"{r['device']})", flush=True)
             log.append(dict(row, tok_s=length / s["median"], decode_tok_s=r.get("decode_tok_s"), peak=r.get("peak"),
                             first_s=r.get("first_s"), **s))
+            save(args, log)
 
 
 def bench_prefill(args, log):
-    model_cases("prefill", args, log, lambda base: [
-        ("ours", "jax_prefill", dict(base, decode=args.decode, chunk=args.chunk, chunks=args.model_chunks)),
-        ("transformers", "torch_prefill", dict(base, decode=args.decode))], "7.2f")
+    def variants(base):
+        ours = dict(base, decode=args.decode, chunk=args.chunk, chunks=args.model_chunks)
+        cases = [("ours", "jax_prefill", ours), ("transformers", "torch_prefill", dict(base, decode=args.decode))]
+        if base["length"] <= args.xla_prefill_max:
+            cases.append(("ours-xla", "jax_prefill", dict(ours, env={"LWM_FUSED_ATTENTION": "0"})))
+        return cases
+
+    model_cases("prefill", args, log, variants, "7.2f")
+
+
+def bench_check(args, log):
+    case = dict(preset=args.check_preset, length=args.check_length, chunk=args.check_chunk)
+    r = run_child("jax_check", case, args.timeout)
+    print(f"check {case}: {r}", flush=True)
+    log.append(dict(section="check", **case, **r))
 
 
 def bench_forward(args, log):
@@ -352,12 +398,20 @@ def bench_forward(args, log):
         ("transformers", "torch_forward", base)], "7.3f")
 
 
+def save(args, log):
+    """Write the log so far (a run stopped at its time limit keeps what it measured)."""
+    if args.out:
+        with open(args.out + ".tmp", "w") as f:
+            json.dump(log, f, indent=1)
+        os.replace(args.out + ".tmp", args.out)
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         print(json.dumps(CHILDREN[sys.argv[2]](json.loads(sys.argv[3]))))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["attention", "forward", "prefill", "all"])
+    p.add_argument("what", choices=["attention", "forward", "prefill", "check", "all"])
     p.add_argument("--seqs", default="4096,32768,131072")
     p.add_argument("--heads", type=int, default=HEADS)
     p.add_argument("--backward", action="store_true", help="attention: time forward + backward")
@@ -367,6 +421,11 @@ def main():
     p.add_argument("--lengths", default="32768,65536")
     p.add_argument("--chunk", type=int, default=8192, help="prompt chunk of the Sampler")
     p.add_argument("--model-chunks", default="1024/1024", help="the model's attention query/key chunks")
+    p.add_argument("--xla-prefill-max", type=int, default=32768,
+                   help="prefill: longest length for the 'ours-xla' case (hand-offs off)")
+    p.add_argument("--check-preset", default="200m")
+    p.add_argument("--check-length", type=int, default=8192)
+    p.add_argument("--check-chunk", type=int, default=2048)
     p.add_argument("--decode", type=int, default=33)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=240)
@@ -377,12 +436,15 @@ def main():
         os.environ.setdefault("LWM_FUSED_ATTENTION", "1")
         args.seqs, args.heads, args.preset, args.lengths, args.chunk = "512,1024", 4, "debug", "1024", 256
         args.attn_chunks, args.model_chunks, args.decode, args.repeats = "128/128", "128/128", 5, 3
+        args.check_preset, args.check_length, args.check_chunk = "debug", 512, 128
     args.seqs = [int(x) for x in args.seqs.split(",")]
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.attn_chunks = [tuple(int(y) for y in x.split("/")) for x in args.attn_chunks.split(",")]
     args.model_chunks = tuple(int(y) for y in args.model_chunks.split("/"))
     log = []
     try:
+        if args.what in ("check", "all"):
+            bench_check(args, log)
         if args.what in ("attention", "all"):
             bench_attention(args, log)
         if args.what in ("forward", "all"):
@@ -390,9 +452,7 @@ def main():
         if args.what in ("prefill", "all"):
             bench_prefill(args, log)
     finally:
-        if args.out:
-            with open(args.out, "w") as f:
-                json.dump(log, f, indent=1)
+        save(args, log)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ hundreds or thousands of prompt tokens): each device attends all the new queries
 shard and returns a partial (output, log-sum-exp); the partials are merged with `pmax`/`psum` over
 the sequence axis, so only query-sized values cross devices, never the cache. Short queries use one
 matmul over the shard; long chunks use a chunked online-softmax kernel that reads key chunks straight
-from the stacked cache and stops at the chunk holding the last query's slot.
+from the stacked cache and stops at the chunk holding the last query's slot. On an NVIDIA GPU a long
+chunk over an unsharded cache goes to cuDNN instead (`fused.fused_cache_attention`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
+from lwm_core.attention import fused
 from lwm_core.attention.kernel import finalize
 from lwm_core.cache import layer_view
 from lwm_core.mesh import axis_size, current_mesh, logical_to_spec, seq_axis
@@ -127,6 +129,11 @@ def cache_attention(q, k_cache, v_cache, q_slots, key_valid, *, layer=None, mesh
     ring = axis_size(mesh, axis)
     chunks = dict(query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
     if ring == 1:
+        b, h, t, _ = q.shape
+        long_chunk = b * h * t * k_cache.shape[3] * 4 > _PLAIN_SCORE_BYTES
+        if long_chunk and fused.cache_eligible(q, devices=1 if mesh is None else mesh.size):
+            return fused.fused_cache_attention(q, layer_view(k_cache, layer), layer_view(v_cache, layer), q_slots,
+                                               key_valid)
         k_slots = jnp.arange(k_cache.shape[3], dtype=jnp.int32)
         out, _ = _partial(q, k_cache, v_cache, layer, q_slots, k_slots, key_valid, **chunks)
         return jnp.swapaxes(out, 1, 2).astype(q.dtype)
