@@ -8,6 +8,7 @@ Run on a machine with one NVIDIA GPU, JAX with CUDA and torch (+ transformers) w
     python bench/gpu.py forward --preset 7b --lengths 32768   # whole-sequence forward (no cache)
     python bench/gpu.py prefill --preset 7b --lengths 32768,65536
     python bench/gpu.py check                          # cuDNN cache hand-off vs our kernel, 200m at 8K
+    python bench/gpu.py memory --lengths 32768         # XLA's memory analysis of one prefill chunk
     python bench/gpu.py all --smoke                    # tiny sizes: checks the script on a CPU
 
 Every case runs in a fresh subprocess (JAX and torch each own the GPU's memory while they run).
@@ -287,11 +288,44 @@ def child_jax_check(case):
     out["forward"] = np.asarray(model(ids)[0][0, -1], np.float32)
     ref = out["forward"]
     return dict({f"{k}_max_abs_vs_forward": float(np.abs(v - ref).max()) for k, v in out.items()},
+                handoff_max_abs_vs_ours=float(np.abs(out["handoff"] - out["ours"]).max()),
                 argmax_agree=bool(len({int(v.argmax()) for v in out.values()}) == 1),
                 logit_scale=float(np.abs(ref).max()), device=str(jax.devices()[0]))
 
 
-CHILDREN = dict(jax_check=child_jax_check, jax_attention=child_jax_attention, torch_attention=child_torch_attention,
+def child_jax_memory(case):
+    """Compile one prefill chunk of the Sampler for an abstract model (no weights) and report XLA's
+    memory analysis: arguments, outputs, aliased (donated cache) and temporaries."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    sys.path.insert(0, ROOT)
+    from lwm_core.cache import init_cache
+    from lwm_core.config import ModelConfig
+    from lwm_core.infer import Sampler
+    from lwm_core.infer.sampler import SamplingSettings
+    from lwm_core.model import LWMModel
+
+    cfg = ModelConfig.from_name(case["preset"]).replace(
+        max_sequence_length=case["slots"], dtype="bfloat16", param_dtype="bfloat16", attention_impl="blockwise",
+        scan_query_chunk_size=case["chunks"][0], scan_key_chunk_size=case["chunks"][1])
+    model = nnx.eval_shape(lambda: LWMModel(cfg, rngs=nnx.Rngs(0)))
+    sampler = Sampler(model, chunk_size=case["chunk"])
+    fn = sampler._prefill_fn(("text", SamplingSettings(), None, False))
+    sds = jax.ShapeDtypeStruct
+    cache = jax.eval_shape(lambda: init_cache(cfg, 1, case["slots"], dtype=jnp.bfloat16))
+    chunk = (1, case["chunk"])
+    start = time.perf_counter()
+    compiled = fn.lower(sampler.state, sds(chunk, jnp.int32), sds(chunk, bool), sds(chunk, bool), cache,
+                        sds((2,), jnp.uint32), sds((), jnp.int32)).compile()
+    m = compiled.memory_analysis()
+    return dict(args=m.argument_size_in_bytes, out=m.output_size_in_bytes, alias=m.alias_size_in_bytes,
+                temp=m.temp_size_in_bytes, compile_s=time.perf_counter() - start, device=str(jax.devices()[0]))
+
+
+CHILDREN = dict(jax_memory=child_jax_memory, jax_check=child_jax_check,
+                jax_attention=child_jax_attention, torch_attention=child_torch_attention,
                 jax_forward=child_jax_forward, torch_forward=child_torch_forward,
                 jax_prefill=child_jax_prefill, torch_prefill=child_torch_prefill)
 
@@ -384,6 +418,20 @@ def bench_prefill(args, log):
     model_cases("prefill", args, log, variants, "7.2f")
 
 
+def bench_memory(args, log):
+    for length in args.lengths:
+        slots = -(-(length + args.decode) // 16384) * 16384
+        for variant in args.variants.split(","):
+            case = dict(preset=args.preset, slots=slots, chunk=args.chunk, chunks=args.model_chunks, variant=variant)
+            env = {"LWM_FUSED_ATTENTION": "0"} if variant == "xla" else {}
+            r = run_child("jax_memory", dict(case, env=env), args.timeout)
+            g = 2**30
+            sizes = " ".join(f"{k} {r[k] / g:6.2f}" for k in ("args", "out", "alias", "temp") if k in r)
+            print(f"memory {args.preset} slots={slots} chunk={args.chunk} {variant:<7} GiB: {sizes or r}", flush=True)
+            log.append(dict(section="memory", **case, **r))
+            save(args, log)
+
+
 def bench_check(args, log):
     case = dict(preset=args.check_preset, length=args.check_length, chunk=args.check_chunk)
     r = run_child("jax_check", case, args.timeout)
@@ -411,7 +459,9 @@ def main():
         print(json.dumps(CHILDREN[sys.argv[2]](json.loads(sys.argv[3]))))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["attention", "forward", "prefill", "check", "all"])
+    p.add_argument("what", choices=["attention", "forward", "prefill", "check", "memory", "all"])
+    p.add_argument("--variants", default="handoff,xla",
+                   help="memory: compile with the cuDNN hand-offs (handoff) and without (xla)")
     p.add_argument("--seqs", default="4096,32768,131072")
     p.add_argument("--heads", type=int, default=HEADS)
     p.add_argument("--backward", action="store_true", help="attention: time forward + backward")
@@ -445,6 +495,8 @@ def main():
     try:
         if args.what in ("check", "all"):
             bench_check(args, log)
+        if args.what == "memory":
+            bench_memory(args, log)
         if args.what in ("attention", "all"):
             bench_attention(args, log)
         if args.what in ("forward", "all"):

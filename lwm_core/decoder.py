@@ -14,7 +14,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lwm_core import attention
-from lwm_core.cache import write_layer
 from lwm_core.config import ModelConfig
 from lwm_core.layers import Dense, RMSNorm, apply_rope
 from lwm_core.mesh import ACTIVATION_AXES, constrain
@@ -66,11 +65,9 @@ class Attention(nnx.Module):
         then the queries attend the layer's cache. Returns the output and the updated caches."""
         cfg = self.config
         q, k, v = self.project(x, cos, sin)
-        k_all = write_layer(k_all, k, layer, step.index, mesh=self.mesh)
-        v_all = write_layer(v_all, v, layer, step.index, mesh=self.mesh)
-        out = attention.cache_attention(q, k_all, v_all, step.q_slots, step.key_valid, layer=layer, mesh=self.mesh,
-                                        query_chunk_size=cfg.scan_query_chunk_size,
-                                        key_chunk_size=cfg.scan_key_chunk_size)
+        out, k_all, v_all = attention.extend_attention(
+            q, k, v, k_all, v_all, layer, step.index, step.q_slots, step.key_valid, mesh=self.mesh,
+            query_chunk_size=cfg.scan_query_chunk_size, key_chunk_size=cfg.scan_key_chunk_size)
         return self.output(out), k_all, v_all
 
 

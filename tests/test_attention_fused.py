@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lwm_core import ModelConfig, load_model, make_mesh
-from lwm_core.attention import blockwise_attention, cache_attention, fused, plain_attention
+from lwm_core.attention import blockwise_attention, cache_attention, extend_attention, fused, plain_attention
 
 
 def qkv(dtype=jnp.bfloat16, dim=64, seed=0):
@@ -78,6 +78,8 @@ def test_fused_cache_attention_equals_our_kernel(monkeypatch, dtype, tol):
     monkeypatch.setattr(decode, "_PLAIN_SCORE_BYTES", 0)  # our chunked kernel, not the one-matmul path
     q, k, v, q_slots, valid = _cache_case(dtype)
     got = fused.fused_cache_attention(jnp.swapaxes(q, 1, 2), k, v, q_slots, valid)
+    bounded = fused.fused_cache_attention(jnp.swapaxes(q, 1, 2), k, v, q_slots, valid, filled=jnp.int32(51))
+    np.testing.assert_array_equal(np.asarray(bounded, np.float32), np.asarray(got, np.float32))
     ours = cache_attention(q, k, v, q_slots, valid, query_chunk_size=8, key_chunk_size=16)
     assert got.shape == q.shape and got.dtype == q.dtype
     mask = np.asarray(valid)[:, None, :] & (np.arange(64)[None, None, :] <= np.asarray(q_slots)[None, :, None])
@@ -89,26 +91,40 @@ def test_fused_cache_attention_equals_our_kernel(monkeypatch, dtype, tol):
 
 
 def test_long_cache_chunks_go_to_cudnn_only_on_one_gpu_device(monkeypatch):
+    """`extend_attention` (what the model calls) writes the chunk and attends the layer; the hand-off
+    gives the same output and caches as our kernel, and is taken only where it should be."""
     import lwm_core.attention.decode as decode
 
     seen = []
     real = fused.fused_cache_attention
     monkeypatch.setattr(fused, "IMPLEMENTATION", "xla")
-    monkeypatch.setattr(fused, "fused_cache_attention", lambda *a: seen.append(a[0].shape) or real(*a))
-    q, k, v, q_slots, valid = _cache_case(jnp.bfloat16)
-    chunks = dict(query_chunk_size=8, key_chunk_size=16)
-    cache_attention(q, k, v, q_slots, valid, **chunks)
+    monkeypatch.setattr(fused, "fused_cache_attention", lambda *a, **k: seen.append(a[0].shape) or real(*a, **k))
+    q, _, _, _, valid = _cache_case(jnp.bfloat16)
+    rng = np.random.default_rng(9)
+    k_new, v_new = (jnp.asarray(rng.standard_normal(q.shape), jnp.bfloat16) for _ in range(2))
+    k_all, v_all = (jnp.asarray(rng.standard_normal((3, 2, 4, 64, 16)), jnp.bfloat16) for _ in range(2))
+    q_slots = jnp.arange(30, 51, dtype=jnp.int32)
+
+    def run(q, k_all, v_all, **kw):
+        return extend_attention(q, k_new.astype(q.dtype), v_new.astype(q.dtype), k_all.astype(q.dtype),
+                                v_all.astype(q.dtype), 1, 30, q_slots, valid, query_chunk_size=8,
+                                key_chunk_size=16, **kw)
+
+    ours = run(q, k_all, v_all)
     assert seen == []  # a CPU keeps our kernel
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    cache_attention(q, k, v, q_slots, valid, **chunks)
+    run(q, k_all, v_all)
     assert seen == []  # a short chunk: one matmul, as on a CPU
     monkeypatch.setattr(decode, "_PLAIN_SCORE_BYTES", 0)
-    cache_attention(q, k, v, q_slots, valid, **chunks)
+    handed = run(q, k_all, v_all)
     assert seen == [(2, 4, 21, 16)]
-    cache_attention(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), q_slots, valid, **chunks)
-    cache_attention(q, k, v, q_slots, valid, mesh=make_mesh("1,1,1,8"), **chunks)  # sharded cache
+    np.testing.assert_allclose(np.asarray(handed[0], np.float32), np.asarray(ours[0], np.float32), atol=2e-2)
+    for a, b in zip(handed[1:], ours[1:], strict=True):  # the chunk written into layer 1 alone
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    run(q.astype(jnp.float32), k_all, v_all)
+    run(q, k_all, v_all, mesh=make_mesh("1,1,1,8"))  # sharded cache
     monkeypatch.setenv(fused.ENV, "0")
-    cache_attention(q, k, v, q_slots, valid, **chunks)
+    run(q, k_all, v_all)
     assert seen == [(2, 4, 21, 16)]  # fp32, a sharded cache and the switch keep our kernel
 
 
@@ -126,7 +142,7 @@ def test_chunked_prefill_through_the_hand_off_equals_our_kernels_prefill(monkeyp
     ours = model.prefill(ids, model.init_cache(2, 96), attention_mask=mask, chunk_size=16)[0]
     seen = []
     real_fn = fused.fused_cache_attention
-    monkeypatch.setattr(fused, "fused_cache_attention", lambda *a: seen.append(1) or real_fn(*a))
+    monkeypatch.setattr(fused, "fused_cache_attention", lambda *a, **k: seen.append(1) or real_fn(*a, **k))
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     jax.clear_caches()  # compiled afresh: jit caches the first trace by shape
     handed = model.prefill(ids, model.init_cache(2, 96), attention_mask=mask, chunk_size=16)[0]
