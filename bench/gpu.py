@@ -331,7 +331,10 @@ CHILDREN = dict(jax_memory=child_jax_memory, jax_check=child_jax_check,
 
 
 def run_child(kind, case, timeout):
+    # JAX caps its GPU memory at XLA_PYTHON_CLIENT_MEM_FRACTION of the card (0.75 by default) while torch
+    # may use all of it: give JAX 0.95 unless the caller set it (the 7B 64K prefill needs ~56 GiB)
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONUNBUFFERED="1", **case.get("env", {}))
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
     start = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(case)], env=env,
