@@ -331,10 +331,12 @@ CHILDREN = dict(jax_memory=child_jax_memory, jax_check=child_jax_check,
 
 
 def run_child(kind, case, timeout):
-    # JAX caps its GPU memory at XLA_PYTHON_CLIENT_MEM_FRACTION of the card (0.75 by default) while torch
-    # may use all of it: give JAX 0.95 unless the caller set it (the 7B 64K prefill needs ~56 GiB)
+    # Without preallocation JAX's allocator keeps its default limit of 75% of the card (JAX's "GPU memory
+    # allocation" page) while torch may use all of it: give JAX 0.95 unless the caller set a fraction
+    # (XLA_CLIENT_MEM_FRACTION, or its older name); the 7B 64K prefill needs ~56 GiB
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONUNBUFFERED="1", **case.get("env", {}))
-    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
+    if "XLA_CLIENT_MEM_FRACTION" not in env and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env:
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = env["XLA_CLIENT_MEM_FRACTION"] = "0.95"
     start = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(case)], env=env,
