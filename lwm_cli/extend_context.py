@@ -34,6 +34,8 @@ def extend_context(
     lr: float = typer.Option(4e-5, "--lr", help="Learning rate (the paper's text stages: 4e-5 constant)."),
     warmup: int = typer.Option(5, "--warmup"),
     seed: int = typer.Option(0, "--seed"),
+    shuffle: bool = typer.Option(False, "--shuffle", help="Visit each epoch's records in a random order (from "
+                                 "--seed) across all --data files, instead of file by file."),
     save_every: int = typer.Option(500, "--save-every"),
     log_every: int = typer.Option(10, "--log-every"),
     mesh: str | None = typer.Option(None, "--mesh", metavar="DP,FSDP,TP,SP", help="e.g. 1,1,1,8: ring attention."),
@@ -83,7 +85,8 @@ def extend_context(
     processor = RecordProcessor(load_tokenizer(tokenizer), fields or field, fields_from_example="fields", seed=seed)
 
     def batches_for(stage):
-        return DataLoader(data, processor, batch_size=batch_size, seq_length=stage.seq_len, epochs=None, prefetch=2)
+        return DataLoader(data, processor, batch_size=batch_size, seq_length=stage.seq_len, epochs=None, prefetch=2,
+                          shuffle=shuffle)
 
     current = {}  # the live stage's on_step
 

@@ -94,6 +94,8 @@ def train(
     weight_decay: float = typer.Option(0.1, "--weight-decay", help="AdamW decay (dense kernels only)."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per step."),
     seed: int = typer.Option(0, "--seed"),
+    shuffle: bool = typer.Option(False, "--shuffle", help="Visit each epoch's records in a random order (from "
+                                 "--seed) across all --data files, instead of file by file; --resume continues it."),
     save_every: int = typer.Option(500, "--save-every", help="Checkpoint every N steps (and at the end)."),
     keep: int = typer.Option(3, "--keep", help="Checkpoints kept."),
     log_every: int = typer.Option(10, "--log-every", help="metrics.jsonl line every N steps."),
@@ -202,7 +204,8 @@ def train(
                                 max_n_frames=max_frames, swap_prob=swap_prob, seed=seed)
     # each process packs its own rows from its own lines; the trainer stacks them into the global batch
     loader = DataLoader(data, processor, batch_size=batch_size // hosts, seq_length=seq_len, packing=packing,
-                        overflow=overflow, shard_index=host, shard_count=hosts, epochs=None, prefetch=2)
+                        overflow=overflow, shard_index=host, shard_count=hosts, epochs=None, prefetch=2,
+                        shuffle=shuffle)
 
     started = time.perf_counter()
     with Progress(*PROGRESS_COLUMNS, console=err_console, transient=False) as bar:

@@ -170,3 +170,20 @@ def test_overflow_truncate(workdir, tmp_path):  # the default, split, shows in t
                     "--out", str(tmp_path / "run"))
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1] == "data: truncated 1", result.output
+
+
+def test_shuffle_is_kept_in_the_checkpoint_and_resume_must_match_it(workdir, tmp_path):
+    out = tmp_path / "run"
+    common = ("--data", str(workdir / "books.jsonl"), "--seq-len", "64", "--batch-size", "2", "--save-every", "2",
+              "--log-every", "1", "--out", str(out))
+    result = _train(workdir, *common, "--config", str(workdir / "tiny.json"), "--steps", "2", "--shuffle")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "checkpoints" / "2" / "data" / "metadata").read_text())  # orbax JsonSave
+    assert saved["iterator"]["shuffle"] is True and saved["iterator"]["reader"][2:] == [-1, -1, -1]
+    result = _train(workdir, *common, "--steps", "4", "--resume")  # without --shuffle
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "shuffle=True" in errors[0] and "Traceback" not in result.output
+    result = _train(workdir, *common, "--steps", "4", "--resume", "--shuffle")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]

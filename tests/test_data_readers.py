@@ -85,6 +85,46 @@ def test_shards_take_line_i_mod_count(tmp_path):
         RecordReader(path, shard_index=3, shard_count=3)
 
 
+def test_shuffled_reader_visits_each_owned_line_once_an_epoch_in_a_seeded_order(tmp_path):
+    write_lines(tmp_path / "a.jsonl", [json.dumps({"text": str(i)}) + "\n" if i != 5 else "{bad\n" for i in range(20)])
+    (tmp_path / "b.txt").write_text("20")
+    write_lines(tmp_path / "c.jsonl", ["\n"] + [json.dumps({"text": str(i)}) + "\n" for i in range(21, 30)])
+    files = [tmp_path / "a.jsonl", tmp_path / "b.txt", tmp_path / "c.jsonl"]
+
+    def epochs(**kw):
+        reader = RecordReader(files, epochs=3, **kw)
+        out = [[] for _ in range(3)]
+        for rec in reader:
+            out[rec.ref[0]].append(int(rec.data["text"]))
+        return out, reader.report.counts
+
+    in_order, counts = epochs()
+    shuffled, shuffled_counts = epochs(shuffle=True, seed=7)
+    assert shuffled_counts == counts  # the same records read, malformed and blank lines counted
+    for got in shuffled:
+        assert sorted(got) == sorted(in_order[0]) == [i for i in range(30) if i != 5]
+        assert got != in_order[0]
+    assert shuffled[0] != shuffled[1] != shuffled[2]  # a new order every epoch
+    assert epochs(shuffle=True, seed=7)[0] == shuffled and epochs(shuffle=True, seed=8)[0] != shuffled
+    # a host owns the same lines as without shuffling, in a shuffled order
+    for k in range(3):
+        plain = [int(r.data["text"]) for r in RecordReader(files, shard_index=k, shard_count=3)]
+        mixed = [int(r.data["text"]) for r in RecordReader(files, shard_index=k, shard_count=3, shuffle=True)]
+        assert sorted(mixed) == sorted(plain) and mixed != plain
+    # the position is (epoch, place, -1, -1, -1): a reader sought there goes on identically
+    reader = RecordReader(files, epochs=2, shuffle=True, seed=7)
+    records = iter(reader)
+    head = [next(records).data["text"] for _ in range(35)]
+    resumed = RecordReader(files, epochs=2, shuffle=True, seed=7)
+    resumed.seek(reader.position())
+    assert reader.position()[0] == 1 and reader.position()[2:] == [-1, -1, -1]
+    assert head + [r.data["text"] for r in resumed] == [str(x) for x in shuffled[0] + shuffled[1]]
+    with pytest.raises(LWMError, match="not a shuffled reader position"):
+        resumed.seek([0, 0, 0, 0, 0])
+    with pytest.raises(LWMError, match="not a reader position"):
+        RecordReader(files).seek(reader.position())
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """Three files (two jsonl, one txt) of records of 1..40 words: some longer than a row, some
@@ -126,7 +166,8 @@ def assert_same(batches, expected):
 
 
 @pytest.mark.parametrize("mode", [dict(packing="masked"), dict(packing="pad", overflow="split"),
-                                  dict(packing="concat"), dict(packing="masked", overflow="truncate")])
+                                  dict(packing="concat"), dict(packing="masked", overflow="truncate"),
+                                  dict(packing="masked", shuffle=True)])
 def test_restore_continues_exactly(dataset, mode):
     full_loader = make(dataset, **mode)
     full = list(full_loader)
@@ -171,8 +212,22 @@ def test_prefetch_hands_errors_to_the_consumer(tmp_path):
 
 def test_restore_refuses_another_setup(dataset):
     state = make(dataset).state()
-    for other in (dict(seq_length=32), dict(packing="pad"), dict(batch_size=2)):
+    for other in (dict(seq_length=32), dict(packing="pad"), dict(batch_size=2), dict(shuffle=True)):
         with pytest.raises(LWMError, match="saved data state"):
             make(dataset, **other).restore(state)
+    with pytest.raises(LWMError, match="saved data state has shuffle"):
+        make(dataset).restore(make(dataset, shuffle=True).state())
     with pytest.raises(LWMError, match="not a data loader state"):
         make(dataset).restore({"reader": [0, 0, 0, 0, 0]})
+
+
+def test_shuffle_changes_the_order_of_the_examples_not_the_examples(dataset):
+    def tokens(loader):
+        return [row[mask].tolist() for b in loader for row, mask in zip(b["input_ids"], b["attention_mask"],
+                                                                        strict=True) if mask.any()]
+
+    plain, mixed = tokens(make(dataset, packing="pad", epochs=1)), tokens(make(dataset, packing="pad", epochs=1,
+                                                                                   shuffle=True))
+    assert mixed != plain and len(plain) > 20
+    # one example (or one piece of a long one) a row, each built from its own (seed, epoch, line)
+    assert sorted(map(tuple, mixed)) == sorted(map(tuple, plain))

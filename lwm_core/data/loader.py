@@ -7,7 +7,8 @@
         save(loader.state())          # small and JSON-able
     loader.restore(saved)             # the next batches are exactly those of an uninterrupted run
 
-The state holds the reader's position (epoch, file, byte offset, line), the counters (examples,
+The state holds the reader's position (epoch, file, byte offset, line; or with `shuffle`, epoch and
+place in that epoch's order), the counters (examples,
 split, skipped, malformed, ...) and REFERENCES (file positions + piece index) to the examples waiting
 in the packer's open rows, which `restore` re-reads and rebuilds; so it stays small at any sequence
 length and resuming drops nothing (LWM dropped its buffered tokens). Every per-record random choice
@@ -43,12 +44,12 @@ class _Pipeline:
     """Single-threaded core: next_batch() / state() / restore()."""
 
     def __init__(self, paths, processor: RecordProcessor, *, batch_size, seq_length, packing, overflow, weighting,
-                 open_rows, shard_index, shard_count, epochs, strict):
+                 open_rows, shard_index, shard_count, epochs, strict, shuffle=False):
         if batch_size < 1:
             raise LWMError(f"batch_size must be positive, got {batch_size}")
         self.report = ReadReport()
         self.reader = RecordReader(paths, shard_index=shard_index, shard_count=shard_count, epochs=epochs,
-                                   report=self.report)
+                                   report=self.report, shuffle=shuffle, seed=processor.seed)
         self.processor, self.batch_size, self.strict = processor, batch_size, strict
         self.packer_args = dict(packing=packing, overflow=overflow, weighting=weighting, open_rows=open_rows)
         self.packer = Packer(seq_length, **self.packer_args, stats={"batches": 0, "empty_rows": 0})
@@ -56,6 +57,8 @@ class _Pipeline:
         self.config = {"files": [os.path.basename(f) for f in self.reader.files], "shard": [shard_index, shard_count],
                        "batch_size": batch_size, "seq_length": seq_length, "packing": packing,
                        "overflow": overflow, "weighting": self.packer.weighting, "seed": processor.seed}
+        if shuffle:  # absent when off, so states saved before shuffling existed still restore
+            self.config["shuffle"] = True
         self._records = None
 
     def _build(self, rec):
@@ -122,8 +125,8 @@ class _Pipeline:
     def restore(self, state: dict) -> None:
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise LWMError(f"not a data loader state ({FORMAT} expected)")
-        for key, value in self.config.items():
-            if state.get(key) != value:
+        for key, value in {"shuffle": False, **self.config}.items():
+            if state.get(key, False if key == "shuffle" else None) != value:
                 raise LWMError(f"the saved data state has {key}={state.get(key)!r} but this loader has {value!r}; "
                                "resume with the same files, shards, batch shape, packing and seed")
         self.report.restore(state["report"])
@@ -167,6 +170,8 @@ class DataLoader:
     packing, overflow, weighting, open_rows: see `lwm_core.data.packing`.
     shard_index, shard_count: this host takes lines i with i % shard_count == shard_index.
     epochs: passes over the files (None: forever). prefetch: batches built ahead in a thread (0: none).
+    shuffle: visit the records of each epoch in an order drawn from (processor.seed, epoch), across
+        the files (`RecordReader`); still exactly resumable.
     strict: raise on a record that does not fit the fields instead of counting and skipping it.
 
     `stats` (a flat dict of counters, for logging) and `summary()` (with the file:line of what was
@@ -176,10 +181,10 @@ class DataLoader:
     def __init__(self, paths, processor: RecordProcessor, *, batch_size: int, seq_length: int,
                  packing: str = "masked", overflow: str = "split", weighting: str | None = None, open_rows: int = 1,
                  shard_index: int = 0, shard_count: int = 1, epochs: int | None = 1, prefetch: int = 0,
-                 strict: bool = False):
+                 strict: bool = False, shuffle: bool = False):
         self._pipe = _Pipeline(paths, processor, batch_size=batch_size, seq_length=seq_length, packing=packing,
                                overflow=overflow, weighting=weighting, open_rows=open_rows, shard_index=shard_index,
-                               shard_count=shard_count, epochs=epochs, strict=strict)
+                               shard_count=shard_count, epochs=epochs, strict=strict, shuffle=shuffle)
         self.prefetch = int(prefetch)
         self._state = self._pipe.state()
         self._thread = None
