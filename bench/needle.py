@@ -31,6 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 import prefill as bp  # noqa: E402  (bench/prefill.py: subprocess, memory and hf helpers)
+import prefill_cases as bc  # noqa: E402  (bench/prefill_cases.py: what its child processes run)
 
 RESULT = "RESULT "
 TOKENIZER = HERE.parent.parent / "tests" / "data" / "tokenizer" / "tokenizer.model"
@@ -39,7 +40,7 @@ TOKENIZER = HERE.parent.parent / "tests" / "data" / "tokenizer" / "tokenizer.mod
 # ------------------------------------------------------------------------------------ child side
 def run_cell(case: dict) -> dict:
     """One needle cell through lwm_core.evals.run_needle; timings from its records."""
-    bp.child_jax(case["devices"])
+    bc.child_jax(case["devices"])
     import jax
 
     from lwm_core import ModelConfig, Sampler, load_model, make_mesh
@@ -71,7 +72,7 @@ def run_cell(case: dict) -> dict:
 
 def child_main(spec: str) -> None:
     case = json.loads(spec)
-    result = run_cell(case) if case["kind"] == "cell" else bp.CHILDREN[case["kind"]](case)
+    result = run_cell(case) if case["kind"] == "cell" else bc.CHILDREN[case["kind"]](case)
     print(RESULT + json.dumps(result), flush=True)
 
 

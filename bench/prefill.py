@@ -60,7 +60,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from prefill_cases import CHILDREN, child_jax  # noqa: F401 - bench/needle.py takes these through this module
 from prefill_cases import RESULT, VOCAB, child_main, cpu_counters
 
 GIB = 1 << 30
