@@ -217,6 +217,8 @@ def test_restore_refuses_another_setup(dataset):
             make(dataset, **other).restore(state)
     with pytest.raises(LWMError, match="saved data state has shuffle"):
         make(dataset).restore(make(dataset, shuffle=True).state())
+    older = {k: v for k, v in state.items() if k != "shuffle"}  # saved before --shuffle existed
+    make(dataset).restore(older)
     with pytest.raises(LWMError, match="not a data loader state"):
         make(dataset).restore({"reader": [0, 0, 0, 0, 0]})
 

@@ -101,15 +101,15 @@ def _partial_chunked(q, k, v, layer, q_slots, k_slots, valid, query_chunk_size, 
 
 def _partial(q, k, v, layer, q_slots, k_slots, valid, query_chunk_size, key_chunk_size):
     """q [B, H, T, D] over one layer of the stacked cache k, v [L, B, H, S, D]."""
-    if not _long(jnp.swapaxes(q, 1, 2), k.shape[3]):
+    b, h, t, _ = q.shape
+    if not _long(b, h, t, k.shape[3]):
         return _partial_plain(q, layer_view(k, layer), layer_view(v, layer), q_slots, k_slots, valid)
     return _partial_chunked(q, k, v, layer, q_slots, k_slots, valid, query_chunk_size, key_chunk_size)
 
 
-def _long(q, slots: int) -> bool:
-    """A query chunk q [B, T, H, D] too long for one matmul over `slots` cache slots."""
-    b, t, h, _ = q.shape
-    return b * h * t * slots * 4 > _PLAIN_SCORE_BYTES
+def _long(batch: int, heads: int, queries: int, slots: int) -> bool:
+    """Whether a chunk of queries is too long for one matmul over `slots` cache slots."""
+    return batch * heads * queries * slots * 4 > _PLAIN_SCORE_BYTES
 
 
 def extend_attention(q, k, v, k_all, v_all, layer, index, q_slots, key_valid, *, mesh=None,
@@ -124,13 +124,14 @@ def extend_attention(q, k, v, k_all, v_all, layer, index, q_slots, key_valid, *,
     stacked cache is written (the order measured on an H100: XLA's memory analysis of a 7B prefill
     chunk with 48K slots gives 2.16 GiB of temporaries, the cache updated in place)."""
     mesh = current_mesh(mesh)
-    if _long(q, k_all.shape[3]) and fused.cache_eligible(q, devices=1 if mesh is None else mesh.size):
+    b, t, h, _ = q.shape
+    if _long(b, h, t, k_all.shape[3]) and fused.cache_eligible(q, devices=1 if mesh is None else mesh.size):
         def with_new(cache, new):  # the layer [B, H, S, D] with the chunk in it
             new = jnp.swapaxes(new, 1, 2).astype(cache.dtype)
             return lax.dynamic_update_slice_in_dim(layer_view(cache, layer), new, index, axis=2)
 
         out = fused.fused_cache_attention(jnp.swapaxes(q, 1, 2), with_new(k_all, k), with_new(v_all, v), q_slots,
-                                          key_valid, filled=index + q.shape[1])
+                                          key_valid, filled=index + t)
         return out, write_layer(k_all, k, layer, index), write_layer(v_all, v, layer, index)
     k_all = write_layer(k_all, k, layer, index, mesh=mesh)
     v_all = write_layer(v_all, v, layer, index, mesh=mesh)

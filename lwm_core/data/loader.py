@@ -38,6 +38,7 @@ from lwm_core.errors import LWMError
 
 FORMAT = "lwm-data-state-v1"
 GIVE_UP_AFTER = 100  # bad records with no good one before them
+SAVED_BEFORE = {"shuffle": False}  # what a state saved before a setting existed had
 
 
 class _Pipeline:
@@ -56,9 +57,8 @@ class _Pipeline:
         self.seq_length = seq_length
         self.config = {"files": [os.path.basename(f) for f in self.reader.files], "shard": [shard_index, shard_count],
                        "batch_size": batch_size, "seq_length": seq_length, "packing": packing,
-                       "overflow": overflow, "weighting": self.packer.weighting, "seed": processor.seed}
-        if shuffle:  # absent when off, so states saved before shuffling existed still restore
-            self.config["shuffle"] = True
+                       "overflow": overflow, "weighting": self.packer.weighting, "seed": processor.seed,
+                       "shuffle": bool(shuffle)}
         self._records = None
 
     def _build(self, rec):
@@ -125,8 +125,8 @@ class _Pipeline:
     def restore(self, state: dict) -> None:
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise LWMError(f"not a data loader state ({FORMAT} expected)")
-        for key, value in {"shuffle": False, **self.config}.items():
-            if state.get(key, False if key == "shuffle" else None) != value:
+        for key, value in self.config.items():
+            if state.get(key, SAVED_BEFORE.get(key)) != value:
                 raise LWMError(f"the saved data state has {key}={state.get(key)!r} but this loader has {value!r}; "
                                "resume with the same files, shards, batch shape, packing and seed")
         self.report.restore(state["report"])

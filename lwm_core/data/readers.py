@@ -198,22 +198,14 @@ class RecordReader:
 
     def _read_one(self, ref) -> Record | None:
         """The record at `ref`, parsed and counted as the in-order reader does (None when skipped)."""
-        epoch, index, offset, line_in_file, line = ref
+        _, index, offset, _, line = ref
         path = self.files[index]
         if path.endswith(TEXT_SUFFIXES):
             data = self._parse_text(path, line)
             return None if data is None else Record(ref, data, path)
         with open(path, "rb") as f:
             f.seek(offset)
-            raw = f.readline()
-        if not raw.strip():
-            self.report.counts["blank_lines"] += 1
-            return None
-        data = self._parse_line(raw, f"{path}:{line_in_file + 1}")
-        if data is None:
-            return None
-        self.report.counts["records"] += 1
-        return Record(ref, data, path)
+            return self._record(f.readline(), ref, path)
 
     def _mine(self, global_line: int) -> bool:
         return global_line % self.shard_count == self.shard_index
@@ -235,15 +227,21 @@ class RecordReader:
             for raw in iter(f.readline, b""):
                 _, _, offset, line_in_file, line = self._pos
                 self._pos[2:] = [offset + len(raw), line_in_file + 1, line + 1]
-                if not self._mine(line):
-                    continue
-                if not raw.strip():
-                    self.report.counts["blank_lines"] += 1
-                    continue
-                data = self._parse_line(raw, f"{path}:{line_in_file + 1}")
-                if data is not None:
-                    self.report.counts["records"] += 1
-                    yield Record([epoch, index, offset, line_in_file, line], data, path)
+                if self._mine(line):
+                    record = self._record(raw, [epoch, index, offset, line_in_file, line], path)
+                    if record is not None:
+                        yield record
+
+    def _record(self, raw: bytes, ref: list, path: str) -> Record | None:
+        """A jsonl line -> its Record, counted; None (and counted) when blank or malformed."""
+        if not raw.strip():
+            self.report.counts["blank_lines"] += 1
+            return None
+        data = self._parse_line(raw, f"{path}:{ref[3] + 1}")
+        if data is None:
+            return None
+        self.report.counts["records"] += 1
+        return Record(ref, data, path)
 
     def _parse_line(self, raw: bytes, where: str) -> dict | None:
         try:
