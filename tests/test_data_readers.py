@@ -62,6 +62,23 @@ def test_loader_reports_malformed_and_bad_records(tmp_path):
         next(DataLoader(wrong, processor(), batch_size=1, seq_length=8))
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_pass_with_no_usable_record_stops_instead_of_looping(tmp_path, shuffle):
+    path = write_lines(tmp_path / "data.jsonl", ["{bad\n", "\n", "[1]\n"])
+    assert list(RecordReader(path, epochs=1, shuffle=shuffle)) == []  # one pass: just ends
+    with pytest.raises(LWMError, match=r"no usable record in a whole pass over .*data.jsonl \(this host's lines\): "
+                                       r"0 records read; 2 malformed lines"):
+        list(RecordReader(path, epochs=None, shuffle=shuffle))
+    # a resumed pass that starts mid-epoch may find nothing in its rest: that is no reason to stop
+    good = write_lines(tmp_path / "good.jsonl", ['{"text": "a"}\n', "{bad\n"])
+    reader = RecordReader(good, epochs=3, shuffle=shuffle)
+    records = iter(reader)
+    next(records)
+    resumed = RecordReader(good, epochs=3, shuffle=shuffle)
+    resumed.seek(reader.position())
+    assert len(list(resumed)) == 2  # the two later epochs
+
+
 def test_text_files_are_one_document_each(tmp_path):
     (tmp_path / "b.txt").write_text("b b\n\nsecond paragraph")
     (tmp_path / "a.txt").write_text("a")

@@ -152,14 +152,23 @@ class RecordReader:
         self._pos = position
 
     def __iter__(self) -> Iterator[Record]:
-        if self.shuffle:
-            yield from self._shuffled()
-            return
         while self.epochs is None or self._pos[0] < self.epochs:
-            while self._pos[1] < len(self.files):
-                yield from self._read_file()
-                self._pos[1:4] = [self._pos[1] + 1, 0, 0]
-            self._pos = [self._pos[0] + 1, 0, 0, 0, 0]
+            whole = self._pos[1] == 0 and (self.shuffle or self._pos[2] == 0)  # the epoch read from its start
+            found = 0
+            for record in self._shuffled_epoch() if self.shuffle else self._ordered_epoch():
+                found += 1
+                yield record
+            if whole and not found and (self.epochs is None or self._pos[0] < self.epochs):
+                # another pass would find nothing either: stop instead of reading the files forever
+                files = self.files[0] if len(self.files) == 1 else f"{len(self.files)} files"
+                raise LWMError(f"no usable record in a whole pass over {files} (this host's lines): "
+                               f"{self.report.summary().splitlines()[0]}; check the data")
+
+    def _ordered_epoch(self) -> Iterator[Record]:
+        while self._pos[1] < len(self.files):
+            yield from self._read_file()
+            self._pos[1:4] = [self._pos[1] + 1, 0, 0]
+        self._pos = [self._pos[0] + 1, 0, 0, 0, 0]
 
     # ---------------------------------------------------------------- shuffled order
     def _index_lines(self) -> np.ndarray:
@@ -184,17 +193,16 @@ class RecordReader:
         """This host's lines (rows of the index) in the order epoch `epoch` visits them."""
         return np.random.default_rng([self.seed, epoch]).permutation(len(self._index))
 
-    def _shuffled(self) -> Iterator[Record]:
-        while self.epochs is None or self._pos[0] < self.epochs:
-            epoch = self._pos[0]
-            order = self.order(epoch)
-            while self._pos[1] < len(order):
-                index, offset, line_in_file, line = (int(x) for x in self._index[order[self._pos[1]]])
-                self._pos[1] += 1
-                record = self._read_one([epoch, index, offset, line_in_file, line])
-                if record is not None:
-                    yield record
-            self._pos = [epoch + 1, 0, -1, -1, -1]
+    def _shuffled_epoch(self) -> Iterator[Record]:
+        epoch = self._pos[0]
+        order = self.order(epoch)
+        while self._pos[1] < len(order):
+            index, offset, line_in_file, line = (int(x) for x in self._index[order[self._pos[1]]])
+            self._pos[1] += 1
+            record = self._read_one([epoch, index, offset, line_in_file, line])
+            if record is not None:
+                yield record
+        self._pos = [epoch + 1, 0, -1, -1, -1]
 
     def _read_one(self, ref) -> Record | None:
         """The record at `ref`, parsed and counted as the in-order reader does (None when skipped)."""
