@@ -118,6 +118,11 @@ def child_torch_attention(case):
     return dict(times=times, sample=sample.tolist() if case.get("keep") else None, device=dev)
 
 
+def progress(what: str) -> None:
+    """A stamped line on stderr: what a case that times out had done (run_child shows the last ones)."""
+    print(f"[progress {time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
+
+
 def child_jax_prefill(case):
     import jax
     import numpy as np
@@ -132,10 +137,12 @@ def child_jax_prefill(case):
                        scan_query_chunk_size=case["chunks"][0], scan_key_chunk_size=case["chunks"][1])
     sampler = Sampler(model, chunk_size=case["chunk"])
     prompt = np.random.default_rng(0).integers(3, 32000, length).astype(np.int32)
+    progress("model loaded")
     start = time.perf_counter()
     token, cache, key, _ = sampler.prefill([prompt], max_new_tokens=new)  # compiles, then runs
     jax.block_until_ready(token)
     first_s = time.perf_counter() - start
+    progress(f"first prefill (compile + run) {first_s:.1f} s")
     del cache
     times = []
     for _ in range(case["repeats"]):
@@ -143,6 +150,7 @@ def child_jax_prefill(case):
         token, cache, key, _ = sampler.prefill([prompt], max_new_tokens=new)
         jax.block_until_ready(token)
         times.append(time.perf_counter() - start)
+        progress(f"prefill {times[-1]:.2f} s")
         if _ < case["repeats"] - 1:
             del cache
     rng = jax.random.PRNGKey(0)
@@ -333,16 +341,20 @@ CHILDREN = dict(jax_memory=child_jax_memory, jax_check=child_jax_check,
 def run_child(kind, case, timeout):
     # Without preallocation JAX's allocator keeps its default limit of 75% of the card (JAX's "GPU memory
     # allocation" page) while torch may use all of it: give JAX 0.95 unless the caller set a fraction
-    # (XLA_CLIENT_MEM_FRACTION, or its older name); the 7B 64K prefill needs ~56 GiB
+    # (XLA_CLIENT_MEM_FRACTION, or its older name); the 7B 64K prefill needs ~56 GiB. Set ONE name only:
+    # JAX 0.11's CUDA plugin refuses both at once ("Remove the latter one") and falls back to the CPU
+    # (seen on an H100: every JAX case then timed out); the older name works on old and new JAX.
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONUNBUFFERED="1", **case.get("env", {}))
     if "XLA_CLIENT_MEM_FRACTION" not in env and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env:
-        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = env["XLA_CLIENT_MEM_FRACTION"] = "0.95"
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = "0.95"
     start = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(case)], env=env,
                               capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return dict(error=f"timed out after {timeout:.0f} s")
+    except subprocess.TimeoutExpired as exc:
+        tail = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        done = [line for line in tail.splitlines() if line.startswith("[progress ")][-3:]
+        return dict(error=f"timed out after {timeout:.0f} s" + (f"; last: {' | '.join(done)}" if done else ""))
     if proc.returncode:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         errors = [line for line in lines if "Error" in line or "error" in line]
@@ -461,6 +473,11 @@ def save(args, log):
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        if sys.argv[2].startswith("jax_") and os.environ.get("LWM_BENCH_REQUIRE_GPU") == "1":
+            import jax
+
+            if jax.default_backend() != "gpu":  # e.g. a CUDA plugin that refused its settings
+                raise SystemExit(f"Error: JAX runs on {jax.default_backend()}, not a GPU (see the warnings above)")
         print(json.dumps(CHILDREN[sys.argv[2]](json.loads(sys.argv[3]))))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -487,6 +504,8 @@ def main():
     p.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script on a CPU")
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    if not args.smoke:  # a JAX case on the CPU is an error, not a slow result
+        os.environ["LWM_BENCH_REQUIRE_GPU"] = "1"
     if args.smoke:
         os.environ.setdefault("LWM_FUSED_ATTENTION", "1")
         args.seqs, args.heads, args.preset, args.lengths, args.chunk = "512,1024", 4, "debug", "1024", 256
