@@ -133,6 +133,7 @@ def main() -> None:
         preset, vq_preset, frames, size, args.new_tokens, args.repeats = "debug", "tiny", 4, (96, 64), 4, 1
 
     from lwm_core import ModelConfig, load_model
+    from lwm_core.loading import generation_options
     from lwm_core.infer import SamplingSettings
     from lwm_core.infer.ask import Asker
     from lwm_core.infer.vision_prompt import MediaCodes, chat_input
@@ -144,7 +145,7 @@ def main() -> None:
     per_frame = vq_config.latent_size ** 2 + 1
     config = ModelConfig.from_name(preset, vision=True).replace(
         max_sequence_length=max(4096, 1 << (frames * per_frame + 256 + args.new_tokens).bit_length()))
-    model = load_model(f"random:{preset}", config)
+    model = load_model(f"random:{preset}", config, **generation_options())  # as the command loads it
     tokenizer = load_tokenizer(os.path.join(os.path.dirname(__file__), "..", "tests", "data", "tokenizer",
                                             "tokenizer.model"))
     vq_model = init_vqgan(vq_config, 0)

@@ -124,6 +124,7 @@ def main() -> None:
     load_before = os.getloadavg()
 
     from lwm_core import ModelConfig, load_model
+    from lwm_core.loading import generation_options
     from lwm_core.infer import Sampler
     from lwm_core.infer.generate import GenerationSettings, generate_vision, plan_generation
     from lwm_core.text import load_tokenizer
@@ -132,7 +133,7 @@ def main() -> None:
 
     vq_config = VQGANConfig.from_name(vq_preset)
     config = ModelConfig.from_name(preset, vision=True)
-    model = load_model(f"random:{preset}", config)
+    model = load_model(f"random:{preset}", config, **generation_options())  # as the command loads it
     tokenizer = load_tokenizer(os.path.join(os.path.dirname(__file__), "..", "tests", "data", "tokenizer",
                                             "tokenizer.model"))
     vq_model = init_vqgan(vq_config, 0)

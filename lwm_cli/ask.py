@@ -141,6 +141,7 @@ def ask(
         check_media(path, max_frames=max_frames, fps=fps)
 
     from lwm_core import load_model
+    from lwm_core.loading import generation_options
     from lwm_core.mesh import make_mesh
     from lwm_core.text import load_tokenizer
     from lwm_core.vqgan import load_vqgan
@@ -151,7 +152,7 @@ def ask(
         err_console.print(f"[yellow]warning:[/] {vqgan} is an UNTRAINED random VQGAN: answers are meaningless "
                           "outside tests", highlight=False)
     model = load_model(checkpoint, config, mesh=make_mesh(mesh) if mesh else None,
-                       **config_changes(rope_theta, max_sequence_length))
+                       **config_changes(rope_theta, max_sequence_length), **generation_options())
     asker = Asker(model, tok, vq, frame_layout=frame_layout, max_frames=max_frames, fps=fps, cache_dir=cache_dir,
                   max_memory=memory)
     settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p)

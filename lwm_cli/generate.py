@@ -74,7 +74,7 @@ def generate(
         fail("--vqgan is required (a LWM .pkl, a diffusers folder, a .safetensors, or random:tiny)")
 
     from lwm_core.infer import Sampler
-    from lwm_core.loading import load_model
+    from lwm_core.loading import generation_options, load_model
     from lwm_core.mesh import make_mesh
     from lwm_core.text import load_tokenizer
     from lwm_core.vqgan import load_vqgan
@@ -87,7 +87,8 @@ def generate(
             err_console.print(f"[yellow]warning:[/] {spec} is an UNTRAINED random {what}: its frames are "
                               "noise, for trying the plumbing only", highlight=False, soft_wrap=True)
     with progress_bar(f"loading {checkpoint}") as progress:
-        model = load_model(checkpoint, config, mesh=make_mesh(mesh) if mesh else None, progress=progress)
+        model = load_model(checkpoint, config, mesh=make_mesh(mesh) if mesh else None, progress=progress,
+                           **generation_options())
     plan = plan_generation(model.config, tok, prompt, vq.config, settings)
     loaded = time.perf_counter()
     err_console.print(f"context {plan.context_tokens:,} tokens of {model.config.max_sequence_length:,}: a "

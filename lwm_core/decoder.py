@@ -25,6 +25,8 @@ class CacheStep(NamedTuple):
     index: jax.Array  # int32 scalar: cache slot of the first new token
     q_slots: jax.Array  # [T] int32: cache slot of each new token (attends slots <= its own)
     key_valid: jax.Array  # [B, S] bool: slots holding real tokens, the new ones included
+    # Static, or None: the tokens are packed row groups [1, N] (`attention.RowGroup`, `LWMModel.extend_groups`)
+    groups: tuple | None = None
 
 
 class Attention(nnx.Module):
@@ -65,9 +67,13 @@ class Attention(nnx.Module):
         then the queries attend the layer's cache. Returns the output and the updated caches."""
         cfg = self.config
         q, k, v = self.project(x, cos, sin)
-        out, k_all, v_all = attention.extend_attention(
-            q, k, v, k_all, v_all, layer, step.index, step.q_slots, step.key_valid, mesh=self.mesh,
-            query_chunk_size=cfg.scan_query_chunk_size, key_chunk_size=cfg.scan_key_chunk_size)
+        chunks = dict(query_chunk_size=cfg.scan_query_chunk_size, key_chunk_size=cfg.scan_key_chunk_size)
+        if step.groups is not None:
+            out, k_all, v_all = attention.extend_groups_attention(q, k, v, k_all, v_all, layer, step.index,
+                                                                  step.groups, step.key_valid, **chunks)
+        else:
+            out, k_all, v_all = attention.extend_attention(q, k, v, k_all, v_all, layer, step.index, step.q_slots,
+                                                           step.key_valid, mesh=self.mesh, **chunks)
         return self.output(out), k_all, v_all
 
 

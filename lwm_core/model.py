@@ -206,6 +206,47 @@ class LWMModel(nnx.Module):
                         next_position=cache.next_position + jnp.sum(mask, axis=1, dtype=jnp.int32))
         return (*self._heads(hidden), cache)
 
+    def extend_groups(self, parts, cache: KVCache, *, check_ids: bool = True):
+        """`extend` for rows of different lengths without padding them to one: `parts` are groups of
+        consecutive cache rows, in row order, each (input_ids [B_g, T_g], attention_mask [B_g, T_g] or
+        None, vision_masks [B_g, T_g] or None). Every group's tokens end at the same slot (a shorter
+        group's rows start later), so the cache afterwards is the one `extend` gives for the groups
+        left-padded to the longest; the weights run over sum(B_g x T_g) tokens, not B x max(T_g).
+        One device only (e.g. a guided prefill: a 41-token prompt and the 4-token unconditional row).
+        Returns (text_logits, vision_logits, cache) of each row's last position ([B, 1, V])."""
+        cfg = self.config
+        if self.mesh is not None and self.mesh.size > 1:
+            raise LWMError("extend_groups runs on one device; use extend (rows padded to one length) on a mesh")
+        rows = sum(ids.shape[0] for ids, _, _ in parts)
+        if cache.batch_size != rows:
+            raise LWMError(f"the KV cache holds {cache.batch_size} rows but the groups have {rows}")
+        longest = max(ids.shape[1] for ids, _, _ in parts)
+        kv.check_room(cache, longest)
+        groups, ids_all, vis_all, pos_all, key_valid, counts = [], [], [], [], cache.key_valid, []
+        first = start = 0
+        for ids, mask, vmask in parts:
+            b, t = self._check_inputs(ids, vmask, check_ids=check_ids)
+            mask = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
+            groups.append(attention.RowGroup(first, b, t, start))
+            positions = cache.next_position[first:first + b, None] + jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1
+            key_valid = jax.lax.dynamic_update_slice(key_valid, mask, (first, cache.length + longest - t))
+            ids_all.append(ids.reshape(1, -1))
+            vis_all.append((jnp.zeros((b, t), bool) if vmask is None else vmask).reshape(1, -1))
+            pos_all.append(positions.reshape(1, -1))
+            counts.append(jnp.sum(mask, axis=1, dtype=jnp.int32))
+            first, start = first + b, start + b * t
+        vision = any(vmask is not None for _, _, vmask in parts)
+        x = self.transformer.embed(jnp.concatenate(ids_all, 1), jnp.concatenate(vis_all, 1) if vision else None)
+        cos, sin = rope_angles(jnp.concatenate(pos_all, 1), cfg.head_dim, cfg.rope_theta)
+        step = CacheStep(index=cache.length, q_slots=jnp.zeros((0,), jnp.int32), key_valid=key_valid,
+                         groups=tuple(groups))
+        x, k, v = self.transformer.h.extend(x, cos, sin, cache.k, cache.v, step)
+        last = np.concatenate([g.start + np.arange(1, g.rows + 1) * g.length - 1 for g in groups])
+        hidden = self.transformer.ln_f(x[0, last][:, None], cfg.dtype)  # [B, 1, D]
+        cache = KVCache(k=k, v=v, key_valid=key_valid, length=cache.length + longest,
+                        next_position=cache.next_position + jnp.concatenate(counts))
+        return (*self._heads(hidden), cache)
+
     def prefill(self, input_ids, cache: KVCache, vision_masks=None, attention_mask=None, *,
                 chunk_size: int | None = None, last_only: bool = False):
         """Run a (left-padded) prompt [B, T] into the cache, `chunk_size` tokens at a time (None: all

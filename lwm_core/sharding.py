@@ -66,6 +66,11 @@ def build_model(config: ModelConfig, params: dict | None = None, *, mesh=None, s
     if mesh is not None and config.num_attention_heads % axis_size(mesh, "tp"):
         raise LWMError(f"{config.num_attention_heads} attention heads do not divide over tp="
                        f"{axis_size(mesh, 'tp')} devices; pick a mesh whose tp divides the head count")
+    if params is None and not config.scan_layers:
+        # initialised stacked, then split per layer: the same weights as scanned layers for a seed
+        # (one layer at a time draws other random numbers: `lwm ask` loads unscanned on a CPU)
+        scanned = build_model(config.replace(scan_layers=True), None, mesh=mesh, seed=seed)
+        return build_model(config, scanned.params_dict(), mesh=mesh)
     if params is None:
         # One jitted initialiser for every mesh (and none), so the values are the same bits whatever
         # the layout; with a mesh its outputs are born on their shards.

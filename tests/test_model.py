@@ -92,6 +92,18 @@ def test_unscanned_layers_hold_the_same_checkpoint_and_logits():
     np.testing.assert_allclose(np.asarray(unscanned(ids)[0]), np.asarray(scanned(ids)[0]), atol=1e-5, rtol=0)
 
 
+def test_random_weights_are_the_same_scanned_or_not():
+    """`random:PRESET` is one model whatever the run options: `lwm ask` loads it unscanned on a CPU, a
+    test or the library scanned, and both must answer alike."""
+    from lwm_core import load_model
+
+    scanned = load_model("random:debug").params_dict()
+    unscanned = load_model("random:debug", scan_layers=False).params_dict()
+    assert sorted(unscanned) == sorted(scanned)
+    for key, value in scanned.items():
+        np.testing.assert_array_equal(np.asarray(unscanned[key]), np.asarray(value), err_msg=key)
+
+
 def test_default_position_ids_restart_per_segment_and_skip_padding():
     seg = jnp.array([[1, 1, 1, 2, 2, 3]])
     np.testing.assert_array_equal(default_position_ids(1, 6, segment_ids=seg), [[0, 1, 2, 0, 1, 0]])

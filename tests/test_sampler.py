@@ -86,6 +86,60 @@ def test_cfg_with_scale_one_equals_conditional_sampling(sampler):
     assert not np.array_equal(stronger.tokens, plain.tokens)  # guidance does change the samples
 
 
+def _guided_reference(model, cond, cmask, uncond, umask, scale, steps, width=48):
+    """Greedy guided vision generation by full forward passes of each row alone (no padding, no cache):
+    argmax of uncond + scale * (cond - uncond) on the vision head, fed back to both rows as vision."""
+    graphdef, state = nnx.split(model)
+    _GRAPH[:] = [graphdef]
+    rows = [(list(cond), list(cmask)), (list(uncond), list(umask))]
+    out = []
+    for _ in range(steps):
+        logits = []
+        for ids, vis in rows:
+            n = len(ids)
+            _, vision = _forward(state, jnp.asarray([ids + [0] * (width - n)]),
+                                 jnp.asarray([vis + [False] * (width - n)]))
+            logits.append(vision[0, n - 1])
+        token = int(jnp.argmax(logits[1] + scale * (logits[0] - logits[1])))
+        out.append(token)
+        for ids, vis in rows:
+            ids.append(token)
+            vis.append(True)
+    return out
+
+
+def test_guided_rows_prefilled_at_their_own_length_equal_padding_them(model):
+    """The unconditional row (2 ids) is prefilled at its own bucket (16) beside the conditional one (30
+    ids, bucket 32): the same cache, token for token the same guided generation as padding it to 32,
+    and both equal guidance over full forward passes of each row alone."""
+    prompts, masks = _mixed_prompts()
+    cond, cmask = prompts[1] + prompts[2][1:11], masks[1] + masks[2][1:11]  # 26 ids, text and vision
+    uncond, umask = [1, 8], [False, False]
+    grouped = Sampler(model, chunk_size=64)
+    padded = Sampler(model, chunk_size=64, group_guided_rows=False)
+    kwargs = dict(vision_masks=[cmask], uncond_prompts=[uncond], uncond_vision_masks=[umask], head="vision",
+                  cfg_scale=3.0, max_new_tokens=6)
+    first = {}
+    for name, sampler in (("grouped", grouped), ("padded", padded)):
+        token, cache, _, length = sampler.prefill([cond], **kwargs)
+        first[name] = (np.asarray(token), jax.tree.map(np.asarray, cache), length)
+    assert any(name[0] == "groups" for name in grouped._jitted) and not any(
+        name[0] == "groups" for name in padded._jitted)  # the two paths did run
+    (tok_g, cache_g, len_g), (tok_p, cache_p, len_p) = first["grouped"], first["padded"]
+    assert len_g == len_p == 32 and int(cache_g.length) == int(cache_p.length) == 32
+    np.testing.assert_array_equal(tok_g, tok_p)
+    np.testing.assert_array_equal(cache_g.key_valid, cache_p.key_valid)
+    np.testing.assert_array_equal(cache_g.next_position, cache_p.next_position)
+    assert cache_g.key_valid[1].sum() == 2 and cache_g.key_valid[1, 30:32].all()  # uncond ends at slot 32
+    valid = cache_p.key_valid[None, :, None, :, None]
+    for name in ("k", "v"):
+        np.testing.assert_allclose(np.where(valid, getattr(cache_g, name), 0),
+                                   np.where(valid, getattr(cache_p, name), 0), atol=1e-5, rtol=1e-5)
+    out_g = grouped.generate([cond], **kwargs).tokens[0].tolist()
+    out_p = padded.generate([cond], **kwargs).tokens[0].tolist()
+    assert out_g == out_p == _guided_reference(model, cond, cmask, uncond, umask, 3.0, 6)
+
+
 def test_cfg_logits_follow_lwm_formula(model):
     from lwm_core.infer import guidance
 

@@ -9,13 +9,14 @@ prefill, with the cache optionally sharded over the sequence axis. See docs/atte
 from __future__ import annotations
 
 from lwm_core.attention.blockwise import blockwise_attention
-from lwm_core.attention.decode import cache_attention, extend_attention
+from lwm_core.attention.decode import RowGroup, cache_attention, extend_attention, extend_groups_attention
 from lwm_core.attention.layout import LAYOUTS
 from lwm_core.attention.plain import allowed_pairs, plain_attention
 from lwm_core.attention.ring import arrange_for_ring, ring_attention
 from lwm_core.errors import LWMError
 
-__all__ = ["dot_product_attention", "cache_attention", "extend_attention", "plain_attention", "allowed_pairs",
+__all__ = ["dot_product_attention", "cache_attention", "extend_attention", "extend_groups_attention", "RowGroup",
+           "plain_attention", "allowed_pairs",
            "blockwise_attention", "ring_attention", "arrange_for_ring", "IMPLS", "LAYOUTS"]
 
 IMPLS = ("plain", "blockwise", "ring")

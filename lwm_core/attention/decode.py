@@ -12,6 +12,8 @@ GPU it hands a long chunk over an unsharded cache to cuDNN (`fused.fused_cache_a
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -138,6 +140,41 @@ def extend_attention(q, k, v, k_all, v_all, layer, index, q_slots, key_valid, *,
     out = cache_attention(q, k_all, v_all, q_slots, key_valid, layer=layer, mesh=mesh,
                           query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
     return out, k_all, v_all
+
+
+class RowGroup(NamedTuple):
+    """Rows [first, first + rows) of the cache fed `length` new tokens each, packed one row after
+    another from token `start` of a [1, N] sequence; every group's tokens end at the same slot."""
+
+    first: int
+    rows: int
+    length: int
+    start: int
+
+
+def extend_groups_attention(q, k, v, k_all, v_all, layer, index, groups, key_valid, *,
+                            query_chunk_size: int = 512, key_chunk_size: int = 512):
+    """`extend_attention` for packed row groups (one device): q, k, v [1, N, H, Dh] hold each group's
+    rows one after another (`RowGroup`); a group of `length` tokens per row is written into its rows
+    at slots [end - length, end), end = index + the longest group's length, so rows of different
+    prompt lengths need no padding to a common one (the weights then run over N tokens, not rows x
+    the longest). Each group attends a copy of its rows of the layer: meant for short caches (a
+    guided prefill's unconditional rows). Returns (out [1, N, H, Dh], k_all, v_all)."""
+    end = index + max(g.length for g in groups)
+    cut = lambda t, g: t[0, g.start:g.start + g.rows * g.length].reshape(g.rows, g.length, *t.shape[2:])
+    for g in groups:  # every write before any read: a read between two in-place writes costs a cache copy
+        at = (layer, g.first, 0, end - g.length, 0)
+        k_all = lax.dynamic_update_slice(k_all, jnp.swapaxes(cut(k, g), 1, 2).astype(k_all.dtype)[None], at)
+        v_all = lax.dynamic_update_slice(v_all, jnp.swapaxes(cut(v, g), 1, 2).astype(v_all.dtype)[None], at)
+    k_layer, v_layer = layer_view(k_all, layer), layer_view(v_all, layer)
+    outs = []
+    for g in groups:
+        rows = slice(g.first, g.first + g.rows)
+        slots = end - g.length + jnp.arange(g.length, dtype=jnp.int32)
+        out = cache_attention(cut(q, g), k_layer[rows], v_layer[rows], slots, key_valid[rows],
+                              query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size)
+        outs.append(out.reshape(1, g.rows * g.length, *out.shape[2:]))
+    return jnp.concatenate(outs, axis=1), k_all, v_all
 
 
 def cache_attention(q, k_cache, v_cache, q_slots, key_valid, *, layer=None, mesh=None,
