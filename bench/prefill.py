@@ -383,7 +383,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="rounds: every case runs once per round")
     p.add_argument("--inner", type=int, default=1, help="timed runs per case per round (after the warm-up)")
     p.add_argument("--chunk-size", default="512", help="Sampler chunk size(s), e.g. 512,2048")
-    p.add_argument("--scan-layers", default="true", help="prefill: true, false or true,false")
+    p.add_argument("--scan-layers", default="true", help="prefill (blockwise and ring): true, false or true,false")
     p.add_argument("--attn-chunks", default=None, help="attention query x key chunk sizes to try, e.g. "
                                                        "512x512,128x512 (default: the config's, 512x512)")
     p.add_argument("--decode-scan-layers", default="true,false")
@@ -509,7 +509,8 @@ def main() -> None:
                     for attn in attns:
                         cases.append(dict(base, kind="lwm", length=length, chunk=chunk, scan_layers=scan, attn=attn))
         if not args.skip_ring:
-            cases.append(dict(base, kind="ring", length=length, devices=args.devices, scan_layers=True))
+            for scan in parse_bools(args.scan_layers):
+                cases.append(dict(base, kind="ring", length=length, devices=args.devices, scan_layers=scan))
     if cases:
         print(f"\nprefill: {len(cases)} cases x {args.repeats} rounds", flush=True)
         results = run_cases(cases, args, log)
