@@ -29,9 +29,10 @@ def _changes(rope_theta, max_sequence_length) -> dict:
 def generation_options() -> dict:
     """Run options for sampling (`lwm ask`, `lwm generate`) on the default JAX backend: unscanned
     layers on a CPU, where XLA copies each layer's slice of a stacked weight inside `lax.scan` (for
-    the '200m' model a fixed ~55 ms a pass: a 2 x 48-token prefill took 296-311 ms scanned against
-    228-249 unscanned, one forward over 16 tokens 133 against 76 ms); {} elsewhere. Unscanned layers
-    compile once per layer: a longer first call."""
+    the '200m' model a fixed ~55 ms a pass: a forward over 2 x 48 tokens took 296 / 311 ms (min /
+    median of 7) scanned against 228 / 249 unscanned, over 16 tokens 133 / 139 against 76 / 80);
+    {} elsewhere. Unscanned layers compile once per layer: a longer first call, and long prefills
+    do not gain (docs/model.md)."""
     import jax
 
     return {"scan_layers": False} if jax.default_backend() == "cpu" else {}
