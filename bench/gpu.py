@@ -325,7 +325,7 @@ def child_jax_memory(case):
     cache = jax.eval_shape(lambda: init_cache(cfg, 1, case["slots"], dtype=jnp.bfloat16))
     chunk = (1, case["chunk"])
     start = time.perf_counter()
-    compiled = fn.lower(sampler.state, sds(chunk, jnp.int32), sds(chunk, bool), sds(chunk, bool), cache,
+    compiled = fn.lower(sampler.state, ((sds(chunk, jnp.int32), sds(chunk, bool), sds(chunk, bool)),), cache,
                         sds((2,), jnp.uint32), sds((), jnp.int32)).compile()
     m = compiled.memory_analysis()
     return dict(args=m.argument_size_in_bytes, out=m.output_size_in_bytes, alias=m.alias_size_in_bytes,

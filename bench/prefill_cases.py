@@ -145,7 +145,7 @@ def run_lwm(case: dict) -> dict:
         empty = jax.eval_shape(lambda: init_cache(model.config, 1, cache_len))
         ids = jax.ShapeDtypeStruct((1, chunk), jnp.int32)
         mask = jax.ShapeDtypeStruct((1, chunk), jnp.bool_)
-        compiled_xla = xla_bytes(fn.lower(sampler.state, ids, mask, mask, jax.tree.map(spec, empty),
+        compiled_xla = xla_bytes(fn.lower(sampler.state, ((ids, mask, mask),), jax.tree.map(spec, empty),
                                           jax.random.PRNGKey(0), jnp.int32(-1)).compile())
     except Exception as exc:  # noqa: BLE001
         print(f"(no XLA memory analysis: {type(exc).__name__}: {exc})", file=sys.stderr)

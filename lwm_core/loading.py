@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+
 from lwm_core.checkpoint import checkpoint_config, load_params
 from lwm_core.config import RANDOM_PREFIX, RUN_FIELDS, ModelConfig, random_config
 from lwm_core.errors import LWMError
@@ -33,8 +35,6 @@ def generation_options() -> dict:
     median of 7) scanned against 228 / 249 unscanned, over 16 tokens 133 / 139 against 76 / 80);
     {} elsewhere. Unscanned layers compile once per layer: a longer first call, and long prefills
     do not gain (docs/model.md)."""
-    import jax
-
     return {"scan_layers": False} if jax.default_backend() == "cpu" else {}
 
 

@@ -100,6 +100,14 @@ def _left_pad(rows: Sequence[Sequence], length: int, fill) -> np.ndarray:
     return out
 
 
+def _inputs(rows, vision_rows, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, attention mask, vision mask) [B, length] of `rows` left-padded to `length`."""
+    ids = _left_pad(rows, length, np.int32(0))
+    mask = _left_pad([[True] * len(r) for r in rows], length, np.bool_(False))
+    vmask = np.zeros_like(mask) if vision_rows is None else _left_pad(vision_rows, length, np.bool_(False))
+    return ids, mask, vmask
+
+
 class Sampler:
     """Compiled prefill and step functions for one model; reuse it across calls to skip compiling.
 
@@ -143,37 +151,28 @@ class Sampler:
         token = jnp.where(force >= 0, force, token)
         return jnp.concatenate([token, token]) if cfg is not None else token  # both CFG rows get it
 
-    def _prefill_fn(self, key):
-        if ("prefill",) + key not in self._jitted:
+    def _prefill_fn(self, key, grouped: bool = False):
+        """The jitted prefill of one chunk: parts = ((ids, mask, vmask),) of every row padded to one
+        length, or with `grouped` one such triple per group of rows at its own length
+        (`_row_groups`, `LWMModel.extend_groups`)."""
+        name = ("prefill", grouped) + key
+        if name not in self._jitted:
             head, settings, cfg, vision = key
 
-            def prefill_chunk(state, ids, mask, vmask, cache, rng, force):
-                self.traces["prefill"] += 1
-                model = nnx.merge(self.graphdef, state)
-                text, vis, cache = model.extend(ids, cache, vmask if vision else None, mask, last_only=True,
-                                                check_ids=False)
-                token = self._choose(self._head_logits(text, vis, head), rng, force, settings, cfg)
-                return token, cache
-
-            self._jitted[("prefill",) + key] = jax.jit(prefill_chunk, donate_argnums=(4,))
-        return self._jitted[("prefill",) + key]
-
-    def _prefill_groups_fn(self, key):
-        """As `_prefill_fn` for a prompt in one chunk whose rows come in groups of their own padded
-        lengths (`_row_groups`, `LWMModel.extend_groups`)."""
-        if ("groups",) + key not in self._jitted:
-            head, settings, cfg, vision = key
-
-            def prefill_groups(state, parts, cache, rng, force):
+            def prefill_chunk(state, parts, cache, rng, force):
                 self.traces["prefill"] += 1
                 model = nnx.merge(self.graphdef, state)
                 parts = [(ids, mask, vmask if vision else None) for ids, mask, vmask in parts]
-                text, vis, cache = model.extend_groups(parts, cache, check_ids=False)
+                if grouped:
+                    text, vis, cache = model.extend_groups(parts, cache, check_ids=False)
+                else:
+                    ((ids, mask, vmask),) = parts
+                    text, vis, cache = model.extend(ids, cache, vmask, mask, last_only=True, check_ids=False)
                 token = self._choose(self._head_logits(text, vis, head), rng, force, settings, cfg)
                 return token, cache
 
-            self._jitted[("groups",) + key] = jax.jit(prefill_groups, donate_argnums=(2,))
-        return self._jitted[("groups",) + key]
+            self._jitted[name] = jax.jit(prefill_chunk, donate_argnums=(2,))
+        return self._jitted[name]
 
     def _step_fn(self, key):
         if ("step",) + key not in self._jitted:
@@ -298,29 +297,21 @@ class Sampler:
         key = (head, settings, cfg_scale, self.config.vision)  # selects the compiled functions
         rng = jax.random.PRNGKey(seed)
         groups = self._row_groups(rows, conditional, padded, chunk, cache_len)
+        cache = init_cache(self.config, len(rows), cache_len, mesh=self.mesh)
         if len(groups) > 1:
-            parts = []
-            for first, end, length in groups:
-                part = rows[first:end]
-                parts.append((_left_pad(part, length, np.int32(0)),
-                              _left_pad([[True] * len(r) for r in part], length, np.bool_(False)),
-                              _left_pad(vrows[first:end], length, np.bool_(False)) if vrows is not None
-                              else np.zeros((len(part), length), bool)))
-            cache = init_cache(self.config, len(rows), cache_len, mesh=self.mesh)
-            token, cache = self._run(self._prefill_groups_fn(key), self.state, tuple(parts), cache,
+            parts = tuple(_inputs(rows[first:end], None if vrows is None else vrows[first:end], length)
+                          for first, end, length in groups)
+            token, cache = self._run(self._prefill_fn(key, grouped=True), self.state, parts, cache,
                                      jax.random.fold_in(rng, 0), jnp.int32(force_first))
             return token, cache, key, padded
-        ids = _left_pad(rows, padded, np.int32(0))
-        mask = _left_pad([[True] * len(r) for r in rows], padded, np.bool_(False))
-        vmask = _left_pad(vrows, padded, np.bool_(False)) if vrows is not None else np.zeros_like(mask)
-        cache = init_cache(self.config, len(rows), cache_len, mesh=self.mesh)
+        inputs = _inputs(rows, vrows, padded)
         fn = self._prefill_fn(key)
         token = None
         for start in range(0, padded, chunk):
             stop = start + chunk
             force = jnp.int32(force_first if stop >= padded else -1)
-            token, cache = self._run(fn, self.state, ids[:, start:stop], mask[:, start:stop],
-                                     vmask[:, start:stop], cache, jax.random.fold_in(rng, 0), force)
+            part = tuple(x[:, start:stop] for x in inputs)
+            token, cache = self._run(fn, self.state, (part,), cache, jax.random.fold_in(rng, 0), force)
         return token, cache, key, padded
 
     def step(self, token, cache: KVCache, key, *, is_vision: bool, rng, force: int = -1):
