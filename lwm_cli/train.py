@@ -118,6 +118,9 @@ def train(
                                                                         "Stage vqgan: the architecture."),
     max_frames: int | None = typer.Option(None, "--max-frames", help="Stage 2 (and vqgan): keep at most N frames "
                                                                     "per clip."),
+    foreground_weight: float = typer.Option(1.0, "--foreground-weight", help="Stage vqgan: reconstruction weight "
+                                            "of pixels off the frame's background (its median colour); "
+                                            "above 1 for flat backgrounds."),
     vocab_size: int = typer.Option(1024, "--vocab-size", help="Stage tokenizer: pieces (bos, eos, unk and 256 "
                                                               "byte pieces included)."),
     coordinator: str | None = typer.Option(None, "--coordinator", help="HOST:PORT of process 0 (multi-host)."),
@@ -141,7 +144,7 @@ def train(
 
         return train_vqgan_stage(data, out, vqgan_config=vqgan_config, init=init, steps=steps,
                                  batch_size=batch_size, lr=lr, warmup=warmup, seed=seed, log_every=log_every,
-                                 save_every=save_every, max_frames=max_frames)
+                                 save_every=save_every, max_frames=max_frames, foreground_weight=foreground_weight)
     if stage == "tokenizer":
         from lwm_cli.train_assets import train_tokenizer_stage
 

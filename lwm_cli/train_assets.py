@@ -13,7 +13,7 @@ from lwm_core.errors import LWMError
 
 def train_vqgan_stage(data: list[str], out: Path, *, vqgan_config: str | None, init: str | None, steps: int,
                       batch_size: int, lr: float | None, warmup: int, seed: int, log_every: int,
-                      save_every: int, max_frames: int | None) -> None:
+                      save_every: int, max_frames: int | None, foreground_weight: float = 1.0) -> None:
     from lwm_core.vqgan.pipeline import expand_inputs
     from lwm_core.vqgan.train import VQGANTrainConfig, train_vqgan
 
@@ -22,7 +22,8 @@ def train_vqgan_stage(data: list[str], out: Path, *, vqgan_config: str | None, i
     if init is None and vqgan_config is None:
         raise LWMError("pass --vqgan-config (a preset such as lwm-tiny, or a VQGANConfig JSON) to train a VQGAN "
                        "from scratch, or --init VQGAN to fine-tune one")
-    config = VQGANTrainConfig(learning_rate=lr or 1e-3, warmup_steps=warmup, seed=seed)
+    config = VQGANTrainConfig(learning_rate=lr or 1e-3, warmup_steps=warmup, seed=seed,
+                              foreground_weight=foreground_weight)
     preset = parse_vqgan_config(vqgan_config)
     expand_inputs(data)  # missing inputs fail in one line before any progress bar
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),

@@ -47,6 +47,9 @@ def test_vqgan_stage_refusals(tmp_path):
     assert result.exit_code == 2 and "--vqgan-config" in result.output
     result = _lwm("train", "--stage", "3", "--data", tmp_path, "--out", tmp_path / "x")
     assert result.exit_code == 2 and "vqgan or tokenizer" in result.output
+    result = _lwm("train", "--stage", "vqgan", "--data", tmp_path, "--vqgan-config", "lwm-tiny",
+                  "--foreground-weight", "0.5", "--out", tmp_path / "vq.safetensors")
+    assert result.exit_code == 2 and "foreground weight must be at least 1" in result.output
     assert not list(tmp_path.glob("vq*"))
 
 

@@ -67,3 +67,34 @@ def test_lwm_tiny_preset_geometry():
     model = init_vqgan(config, seed=0)
     codes = jax.eval_shape(lambda x: model.encode(x, "direct")[1], jax.ShapeDtypeStruct((2, 64, 64, 3), np.float32))
     assert codes.shape == (2, 8, 8)
+
+
+def test_foreground_weight_weighs_pixels_off_the_background():
+    import jax.numpy as jnp
+
+    from lwm_core.vqgan.train import pixel_weights, vqgan_loss
+
+    frames = np.zeros((2, 16, 16, 3), np.uint8)
+    frames[0, 4:8, 4:8] = (255, 0, 0)  # 16 of 256 pixels off a black background
+    frames[1] = (0, 0, 255)  # a blue background with one white 2 x 8 bar: the background is the median
+    frames[1, 0:2, 0:8] = 255
+    x = frames.astype(np.float32) / 127.5 - 1.0
+    config = VQGANTrainConfig(foreground_weight=5.0)
+    w = np.asarray(pixel_weights(jnp.asarray(x), config))[..., 0]
+    off = np.zeros((2, 16, 16), bool)
+    off[0, 4:8, 4:8] = off[1, 0:2, 0:8] = True
+    expected = np.where(off, 5.0, 1.0)
+    expected /= expected.mean(axis=(1, 2), keepdims=True)  # each frame's weights average 1
+    np.testing.assert_allclose(w, expected, rtol=1e-6)
+    assert pixel_weights(jnp.asarray(x), VQGANTrainConfig()) is None
+
+    model = init_vqgan(TINY, seed=0)
+    _, plain = vqgan_loss(model, jnp.asarray(x), VQGANTrainConfig())
+    _, weighted = vqgan_loss(model, jnp.asarray(x), config)
+    z = model.encode_latents(jnp.asarray(x), "direct")
+    recon = np.asarray(model.decode_quantized(model.quantize(z)[0], "direct"))
+    np.testing.assert_allclose(float(plain["l1"]), np.abs(recon - x).mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(weighted["l1"]), (np.abs(recon - x) * expected[..., None]).mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(weighted["l2"]), (np.square(recon - x) * expected[..., None]).mean(), rtol=1e-5)
+    with pytest.raises(LWMError, match="foreground weight"):
+        VQGANTrainConfig(foreground_weight=0.5)

@@ -14,10 +14,16 @@ plus a GAN and perceptual term, which a world of flat shapes does not need):
     x^  = decoder(post_quant_conv(z + sg(e - z))) # straight-through: decoder gradients reach z as is
     loss = l1 |x^ - x| + l2 (x^ - x)^2 + codebook |sg(z) - e|^2 + beta |z - sg(e)|^2
 
-(means over all elements; beta is the config's commitment_cost, 0.25). A small codebook trained this
-way strands entries that no encoder output is near ("dead codes"); every `restart_every` steps the
-entries whose running usage fell below `dead_usage` of a uniform share are moved onto encoder
-outputs of the current batch (as in Jukebox / SoundStream), so the codebook stays in use.
+(means over all elements; beta is the config's commitment_cost, 0.25). With `foreground_weight` W > 1
+the two reconstruction terms are weighted means instead: a pixel that differs from its frame's
+background (the per-channel median of the frame) by more than `foreground_threshold` in any channel
+weighs W, the others 1. On frames that are mostly a flat background (the shapes world, screen
+recordings) the plain mean is nearly all background, so the codes learn the objects' colours poorly.
+
+A small codebook trained this way strands entries that no encoder output is near ("dead codes");
+every `restart_every` steps the entries whose running usage fell below `dead_usage` of a uniform
+share are moved onto encoder outputs of the current batch (as in Jukebox / SoundStream), so the
+codebook stays in use.
 """
 
 from __future__ import annotations
@@ -52,12 +58,17 @@ class VQGANTrainConfig:
     usage_decay: float = 0.9  # running usage: decay * old + (1 - decay) * this batch's share
     conv: str = "direct"  # 3x3 conv algorithm (see model.conv3x3); direct differentiates plainly
     seed: int = 0
+    foreground_weight: float = 1.0  # reconstruction weight of pixels off the frame's background (1: plain mean)
+    foreground_threshold: float = 0.1  # in [-1, 1] units (0.1 = 12.75 of 255)
 
     def __post_init__(self):
         if self.learning_rate <= 0 or self.warmup_steps < 0 or self.restart_every < 0:
             raise LWMError("learning_rate must be positive, warmup_steps and restart_every >= 0")
         if not 0 <= self.usage_decay < 1 or self.dead_usage < 0:
             raise LWMError("usage_decay must be in [0, 1) and dead_usage >= 0")
+        if self.foreground_weight < 1 or self.foreground_threshold <= 0:
+            raise LWMError(f"the foreground weight must be at least 1 (got {self.foreground_weight}) and its "
+                           f"threshold positive (got {self.foreground_threshold})")
         check_conv_impl(self.conv)
 
 
@@ -80,10 +91,25 @@ def vqgan_loss(model: VQGAN, x: jax.Array, config: VQGANTrainConfig) -> tuple[ja
     codebook = jnp.mean(jnp.square(jax.lax.stop_gradient(z) - e))
     commitment = jnp.mean(jnp.square(z - jax.lax.stop_gradient(e)))
     recon = model.decode_quantized(z + jax.lax.stop_gradient(e - z), config.conv)  # [B, H, W, 3]
-    l1 = jnp.mean(jnp.abs(recon - x))
-    l2 = jnp.mean(jnp.square(recon - x))
+    weights = pixel_weights(x, config)  # [B, H, W, 1] summing to H * W per frame, or None
+    mean = jnp.mean if weights is None else (lambda err: jnp.mean(err * weights))
+    l1 = mean(jnp.abs(recon - x))
+    l2 = mean(jnp.square(recon - x))
     loss = config.l1_weight * l1 + config.l2_weight * l2 + config.codebook_weight * codebook + beta * commitment
     return loss, {"l1": l1, "l2": l2, "codebook": codebook, "commitment": commitment, "codes": codes, "z": z}
+
+
+def pixel_weights(x: jax.Array, config: VQGANTrainConfig) -> jax.Array | None:
+    """Reconstruction weights [B, H, W, 1] for frames x [B, H, W, 3]: `foreground_weight` off the
+    frame's background (its per-channel median), 1 on it, scaled so each frame's weights average 1
+    (a frame's loss stays a mean, whatever share of it is foreground). None when the weight is 1."""
+    if config.foreground_weight == 1.0:
+        return None
+    b, h, w, c = x.shape
+    background = jnp.median(x.reshape(b, h * w, c), axis=1)[:, None, None, :]  # [B, 1, 1, 3]
+    off = jnp.max(jnp.abs(x - background), axis=-1, keepdims=True) > config.foreground_threshold
+    weights = jnp.where(off, config.foreground_weight, 1.0)
+    return weights / jnp.mean(weights, axis=(1, 2, 3), keepdims=True)
 
 
 class VQGANTrainer:
