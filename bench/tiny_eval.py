@@ -3,6 +3,7 @@
     python bench/tiny_eval.py                      # ask 300 clips, generate 200 images + 50 videos, needles
     python bench/tiny_eval.py --sample 20          # the CI sample (tests/test_tiny_eval.py runs the same)
     python bench/tiny_eval.py --model-dir runs/lwm-tiny/lwm-tiny --json results.json
+    python bench/tiny_eval.py --skip generate,needle --clips 200 --ask-frames 1 --ask-shapes 1   # easiest case
 
 - ask: every question of each test clip (8 frames, 64 x 64 mp4), greedy, scored by the answer word;
   accuracy overall and per question kind (goal >= 90%).
@@ -35,14 +36,15 @@ def load(model_dir):
     return files, load_model(files.checkpoint, files.config), load_tokenizer(files.tokenizer), load_vqgan(files.vqgan)
 
 
-def run_ask(files, model, tok, vq, clips: int) -> dict:
+def run_ask(files, model, tok, vq, clips: int, frames: int = 8, num_shapes: int | None = None) -> dict:
     from lwm_core.evals.shapes_eval import ask_eval
     from lwm_core.infer import Asker
 
     started = time.perf_counter()
-    result = ask_eval(Asker(model, tok, vq), clips=clips, seed=0)
+    result = ask_eval(Asker(model, tok, vq), clips=clips, seed=0, frames=frames, num_shapes=num_shapes)
     result["wall_s"] = time.perf_counter() - started
-    print(f"ask: {result['accuracy']:.1%} of {result['questions']} questions on {clips} test clips "
+    what = ("images" if frames == 1 else f"{frames}-frame clips") + (f" of {num_shapes} shape(s)" if num_shapes else "")
+    print(f"ask: {result['accuracy']:.1%} of {result['questions']} questions on {clips} test {what} "
           f"({result['wall_s']:.0f} s)")
     for kind, r in result["per_kind"].items():
         print(f"  {kind:10s} {r['accuracy']:.1%} of {r['questions']}")
@@ -93,6 +95,8 @@ def main() -> None:
     p.add_argument("--model-dir", help="a folder with lwm-tiny's files (default: the package's)")
     p.add_argument("--sample", type=int, help="N cases of each: N clips, N images, N//4 videos, a N-trial grid")
     p.add_argument("--clips", type=int, default=300)
+    p.add_argument("--ask-frames", type=int, default=8, help="frames of each ask clip (1: images)")
+    p.add_argument("--ask-shapes", type=int, choices=(1, 2, 3), help="shapes per ask clip (default 1-3)")
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--videos", type=int, default=50)
     p.add_argument("--curve", default="4K,8K,16K", help="needle lengths past the trained context ('' to skip)")
@@ -105,7 +109,7 @@ def main() -> None:
     files, model, tok, vq = load(args.model_dir)
     results: dict = {"model": files.checkpoint}
     if "ask" not in skip:
-        results["ask"] = run_ask(files, model, tok, vq, args.clips)
+        results["ask"] = run_ask(files, model, tok, vq, args.clips, args.ask_frames, args.ask_shapes)
     if "generate" not in skip:
         results["generate"] = run_generate(files, model, tok, vq, args.images, args.videos)
     if "needle" not in skip:

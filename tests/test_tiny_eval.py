@@ -53,6 +53,15 @@ def test_ask_sample(tiny):
     assert result["accuracy"] > result["chance"], {k: v["accuracy"] for k, v in result["per_kind"].items()}
 
 
+def test_ask_single_shape_images(tiny):
+    # The easiest case: one shape, one frame. lwm-tiny names the colour of all 200 such test images in
+    # bench/tiny_eval.py --ask-frames 1 --ask-shapes 1; its kind only half (docs/lwm-tiny.md).
+    _, model, tok, vq = tiny
+    result = ask_eval(Asker(model, tok, vq), clips=10, seed=0, frames=1, num_shapes=1)
+    assert {c["answer"] for c in result["cases"] if c["kind"] == "count"} == {"One."}  # one shape each
+    assert result["per_kind"]["colour"] == {"accuracy": 1.0, "questions": 10}
+
+
 def test_generate_sample(tiny):
     _, model, tok, vq = tiny
     result = generate_eval(model, tok, vq, images=SAMPLE, videos=SAMPLE // 4, seed=0)

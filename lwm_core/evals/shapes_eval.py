@@ -30,17 +30,18 @@ def _rate(hits: list[bool]) -> float:
 
 
 def ask_eval(asker, *, clips: int = 300, seed: int = 0, frames: int = 8, size: int = 64, batch_size: int = 32,
-             max_new_tokens: int = 16, one_per_clip: bool = False, workdir: str | Path | None = None,
-             on_batch=None) -> dict:
+             max_new_tokens: int = 16, one_per_clip: bool = False, num_shapes: int | None = None,
+             workdir: str | Path | None = None, on_batch=None) -> dict:
     """Ask every question of test clips `seed .. seed + clips - 1` (or with `one_per_clip`, clip i's
-    question i mod its count: a quick sample across kinds). Returns {accuracy, per_kind {kind:
+    question i mod its count: a quick sample across kinds); `frames` 1 asks about images, `num_shapes`
+    fixes the shapes per clip (default 1-3). Returns {accuracy, per_kind {kind:
     accuracy}, questions, clips, cases: [{clip, kind, question, reply, correct}]}."""
     from lwm_core.data.shapes_text import QA
     from lwm_core.infer import SamplingSettings
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         out = Path(tmp) / "clips"
-        write_shapes_dataset(out, "test", n=clips, seed=seed, size=size, frames=frames)
+        write_shapes_dataset(out, "test", n=clips, seed=seed, size=size, frames=frames, num_shapes=num_shapes)
         scenes = [json.loads(line) for line in (out / "scenes.jsonl").read_text().splitlines()]
         items = [(s["name"], q, out / s["clip"]) for i, s in enumerate(scenes) for k, q in enumerate(s["questions"])
                  if not one_per_clip or k == i % len(s["questions"])]
