@@ -159,3 +159,26 @@ def test_layer_view_reads_one_layer():
     cache = KVCache(*_cache()[:2], *_cache()[2:])
     k = cache.k.at[1].set(1.0)
     assert float(layer_view(k, 1).sum()) == k[1].size and float(layer_view(k, 0).sum()) == 0
+
+
+@pytest.mark.parametrize("left_pad", [False, True])
+def test_chunks_seen_whole_skip_the_mask_and_the_rest_keep_it(left_pad, monkeypatch):
+    """Queries at slots 40-60 over 16-slot key chunks: chunks [0, 16) and [16, 32) are seen whole by
+    every query (they run unmasked when every row is valid there), [32, 48) and [48, 64) are cut by
+    the causal mask, [64, 96) is empty. A left-padded row keeps every chunk masked."""
+    import lwm_core.attention.decode as decode
+
+    monkeypatch.setattr(decode, "_PLAIN_SCORE_BYTES", 0)
+    rng = np.random.default_rng(4)
+    b, h, s, d, first, new = 2, 2, 96, 8, 40, 21
+    q = jnp.asarray(rng.standard_normal((b, new, h, d)) * 3, jnp.float32)  # peaked softmax: masks matter
+    k, v = (jnp.asarray(rng.standard_normal((b, h, s, d)), jnp.float32) for _ in range(2))
+    valid = np.zeros((b, s), bool)
+    valid[:, : first + new] = True
+    if left_pad:
+        valid[1, :3] = False
+    q_slots = jnp.asarray(first + np.arange(new), jnp.int32)
+    got = cache_attention(q, k, v, q_slots, jnp.asarray(valid), query_chunk_size=16, key_chunk_size=16)
+    mask = valid[:, None, :] & (np.arange(s)[None, None, :] <= np.asarray(q_slots)[None, :, None])
+    ref = plain_attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), causal=False, mask=jnp.asarray(mask))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5, rtol=1e-5)

@@ -51,6 +51,10 @@ def _partial_chunked(q, k, v, layer, q_slots, k_slots, valid, query_chunk_size, 
     fused into the softmax: cheaper than branching on fully visible chunks. A cache length that the
     key chunk does not divide is read with the last chunk moved back to end at S, its slots already
     seen masked out (no padded copy of the cache).
+
+    The leading key chunks that every query of the chunk sees whole (slots at or below its first
+    query's, valid in every row) run first in a loop of their own without the mask; the rest follow
+    masked. Two loops, not a branch per step.
     """
     _, b, h, s, d = k.shape
     t = q.shape[2]
@@ -65,26 +69,32 @@ def _partial_chunked(q, k, v, layer, q_slots, k_slots, valid, query_chunk_size, 
         q = jnp.pad(q, ((0, 0), (0, 0), (0, padded - t), (0, 0)))
         q_slots = jnp.pad(q_slots, (0, padded - t), constant_values=-1)
     chunk_first = k_slots[jnp.minimum(jnp.arange(n_k) * kc, s - 1)]  # first slot of each key chunk
+    whole = s // kc  # chunks not moved back; of these, the ones valid in every row
+    chunk_last = k_slots[jnp.arange(whole) * kc + kc - 1]
+    chunk_valid = valid[:, :whole * kc].reshape(b, whole, kc).all(axis=(0, 2))
 
     def per_query_chunk(args):
         qb, qs = args  # [B, H, qc, D], [qc]
         n_needed = jnp.sum(chunk_first <= jnp.max(qs)).astype(jnp.int32)
+        seen_whole = (chunk_last <= jnp.min(jnp.where(qs >= 0, qs, jnp.iinfo(qs.dtype).max))) & chunk_valid
+        n_whole = jnp.minimum(jnp.sum(jnp.cumprod(seen_whole)), n_needed).astype(jnp.int32)
 
-        def per_key_chunk(j, state):
+        def step(j, state, masked: bool):
             acc, m, denom = state
             begin = jnp.minimum(j * kc, s - kc)
             kb = lax.dynamic_slice(k, (layer, 0, 0, begin, 0), (1, b, h, kc, d))[0]  # [B, H, kc, D]
             vb = lax.dynamic_slice(v, (layer, 0, 0, begin, 0), (1, b, h, kc, d))[0]
-            ks = lax.dynamic_slice_in_dim(k_slots, begin, kc)
-            kv = lax.dynamic_slice_in_dim(valid, begin, kc, axis=1)  # [B, kc]
-            fresh = begin + jnp.arange(kc) >= j * kc  # the moved-back last chunk: skip slots seen
-            allowed = (ks[None, :] <= qs[:, None])[None] & (kv & fresh[None])[:, None, :]  # [B, qc, kc]
             sc = jnp.einsum("bhqd,bhkd->bhqk", qb, kb, preferred_element_type=jnp.float32)
             if scale != 1.0:
                 sc = sc * scale
-            sc = jnp.where(allowed[:, None], sc, -jnp.inf)
+            if masked:
+                ks = lax.dynamic_slice_in_dim(k_slots, begin, kc)
+                kv = lax.dynamic_slice_in_dim(valid, begin, kc, axis=1)  # [B, kc]
+                fresh = begin + jnp.arange(kc) >= j * kc  # the moved-back last chunk: skip slots seen
+                allowed = (ks[None, :] <= qs[:, None])[None] & (kv & fresh[None])[:, None, :]  # [B, qc, kc]
+                sc = jnp.where(allowed[:, None], sc, -jnp.inf)
             m_new = jnp.maximum(m, sc.max(-1))
-            m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+            m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0) if masked else m_new
             p = jnp.exp(sc - m_safe[..., None])  # masked -> 0
             correction = jnp.exp(m - m_safe)
             pv = jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), vb, preferred_element_type=jnp.float32)
@@ -92,7 +102,8 @@ def _partial_chunked(q, k, v, layer, q_slots, k_slots, valid, query_chunk_size, 
 
         state = (jnp.zeros((b, h, qc, d), jnp.float32), jnp.full((b, h, qc), -jnp.inf, jnp.float32),
                  jnp.zeros((b, h, qc), jnp.float32))
-        return lax.fori_loop(0, n_needed, per_key_chunk, state)
+        state = lax.fori_loop(0, n_whole, lambda j, st: step(j, st, False), state)
+        return lax.fori_loop(n_whole, n_needed, lambda j, st: step(j, st, True), state)
 
     qs = jnp.moveaxis(q.reshape(b, h, padded // qc, qc, d), 2, 0)
     carry = lax.map(per_query_chunk, (qs, q_slots.reshape(-1, qc)))
