@@ -47,14 +47,12 @@ def _partial_chunked(q, k, v, layer, q_slots, k_slots, valid, query_chunk_size, 
 
     The cache slots `k_slots` [S] ascend, so the key chunks a query chunk can see are a prefix: the
     loop stops after the chunk holding the largest query slot (a data-dependent trip count: this is an
-    inference kernel, it is not differentiated). Masking (causal and `valid`) is applied in every step,
-    fused into the softmax: cheaper than branching on fully visible chunks. A cache length that the
-    key chunk does not divide is read with the last chunk moved back to end at S, its slots already
-    seen masked out (no padded copy of the cache).
-
-    The leading key chunks that every query of the chunk sees whole (slots at or below its first
-    query's, valid in every row) run first in a loop of their own without the mask; the rest follow
-    masked. Two loops, not a branch per step.
+    inference kernel, it is not differentiated). The leading key chunks that every query of the chunk
+    sees whole (slots at or below its first query's, valid in every row) run first in a loop of their
+    own without the mask; the rest follow in a second loop with the mask (causal and `valid`) fused
+    into the softmax. Two loops, not a branch per step (a branch per step measured slower). A cache
+    length that the key chunk does not divide is read with the last chunk moved back to end at S, its
+    slots already seen masked out (no padded copy of the cache).
     """
     _, b, h, s, d = k.shape
     t = q.shape[2]
